@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+REDIS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: venv redis-server lint test test-unit test-integration demo bench lab soak clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Integration tests start their own redis-server on a free port; install it when missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+lint: venv
+	$(BIN)/ruff check spark workers tests
+	$(BIN)/ruff format --check spark workers tests
+
+test: venv redis-server lint
+	$(BIN)/pytest -q
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
+test-integration: venv redis-server
+	$(BIN)/pytest -q tests/integration
+
+demo: venv
+	$(BIN)/python -m spark.demo $(if $(REDIS),--redis $(REDIS),)
+
+bench: venv redis-server
+	$(BIN)/python tests/benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

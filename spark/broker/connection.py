@@ -1,0 +1,82 @@
+"""Broker URLs to redis-py asyncio clients.
+
+`redis://`, `rediss://` (TLS) and `unix://` go to a real Redis; `memory://[name]` is the
+embedded broker: a fakeredis server living in this process, shared by every client that
+names it. It is the default when no URL is given and `SPARK_REDIS_URL` is unset, so the
+library runs with nothing installed.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import redis.asyncio as aioredis
+
+ENV_URL = "SPARK_REDIS_URL"
+MEMORY_URL = "memory://"
+#: What the CLIs use when neither --redis nor SPARK_REDIS_URL is given.
+CLI_DEFAULT_URL = "redis://localhost:6379/0"
+
+# Commands share a bounded pool that waits for a free connection instead of raising
+# (redis-py's plain pool raises once exhausted, which loses calls under load).
+DEFAULT_MAX_CONNECTIONS = 32
+POOL_WAIT_SECONDS = 10.0
+
+_memory_servers: dict[str, object] = {}
+
+
+def resolve_url(url: str | None = None, default: str = MEMORY_URL) -> str:
+    """The URL to use: the explicit one, else `$SPARK_REDIS_URL`, else `default`."""
+    if url:
+        return url
+    return os.environ.get(ENV_URL) or default
+
+
+def is_memory(url: str) -> bool:
+    return url.startswith("memory:")
+
+
+def _memory_server(url: str):
+    import fakeredis
+
+    name = urlparse(url).netloc or urlparse(url).path.strip("/") or "default"
+    server = _memory_servers.get(name)
+    if server is None:
+        server = _memory_servers[name] = fakeredis.FakeServer()
+    return server
+
+
+def connect(
+    url: str,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    socket_timeout: float | None = None,
+) -> aioredis.Redis:
+    """A client with its own bounded, blocking connection pool.
+
+    Give every blocking reader (XREADGROUP BLOCK, BLPOP, pub/sub) a client of its own with
+    `max_connections=1`: a blocking command holds its connection for the whole wait.
+    """
+    if is_memory(url):
+        from fakeredis import aioredis as fake_aioredis
+
+        return fake_aioredis.FakeRedis(server=_memory_server(url))
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=POOL_WAIT_SECONDS,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=5.0,
+        health_check_interval=30,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def describe(url: str) -> str:
+    """The URL without its password, for logs and status output."""
+    parsed = urlparse(url)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+        return parsed._replace(netloc=netloc).geturl()
+    return url
