@@ -77,7 +77,9 @@ class RpcError(SparkError):
         return klass(message, data)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code}, message={self.message!r}, data={self.data!r})"
+        return (
+            f"{type(self).__name__}(code={self.code}, message={self.message!r}, data={self.data!r})"
+        )
 
     def __str__(self) -> str:
         return f"[{self.code}] {self.message}"

@@ -33,8 +33,14 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: s
 class RedisServer:
     """One redis-server process with its own directory; restartable on the same port."""
 
-    def __init__(self, *, port: int | None = None, appendonly: bool = False,
-                 appendfsync: str = "everysec", extra: list[str] | None = None):
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
+        extra: list[str] | None = None,
+    ):
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (make test installs it)")
@@ -65,14 +71,22 @@ class RedisServer:
     def start(self) -> RedisServer:
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", self.appendfsync,
-            "--daemonize", "no",
-            "--logfile", str(self.dir / "redis.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            self.appendfsync,
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.dir / "redis.log"),
             *self.extra,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

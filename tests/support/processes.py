@@ -1,0 +1,70 @@
+"""Starting real `spark-worker` processes for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+
+from support.redis_server import wait_until
+
+TESTS_DIR = Path(__file__).resolve().parent.parent
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), e.get("PYTHONPATH", "")])
+    e.setdefault("SPARK_LOG_LEVEL", "WARNING")
+    return e
+
+
+def live_workers(url: str, service: str) -> int:
+    import time
+
+    client = redis.Redis.from_url(url)
+    try:
+        return client.zcount(f"spark:{{{service}}}:workers", time.time(), "+inf")
+    finally:
+        client.close()
+
+
+class WorkerProcess:
+    def __init__(self, target: str, url: str, *args: str, service: str | None = None):
+        self.service = service
+        cmd = [sys.executable, "-m", "spark.cli.worker", target, "--redis", url, *args]
+        if service:
+            cmd += ["--service", service]
+        self.url = url
+        self.proc = subprocess.Popen(cmd, env=env())
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, count: int = 1, timeout: float = 15.0) -> WorkerProcess:
+        wait_until(lambda: live_workers(self.url, self.service) >= count or self.proc.poll() is not None,
+                   timeout=timeout, what=f"{count} live worker(s) of {self.service}")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.proc.returncode}")
+        return self
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        self.signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
