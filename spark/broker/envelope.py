@@ -1,0 +1,107 @@
+"""The request envelope that travels on a service's stream, and the reply that comes back.
+
+A stream entry has one field, `e`, holding the envelope as JSON. The envelope carries our
+own request id (unique per client; the caller's JSON-RPC id never leaves the caller), the
+client to reply to, the absolute deadline, and optional idempotency key and state namespace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from spark.errors import InvalidRequestError, RpcError
+
+FIELD = b"e"
+
+
+@dataclass(slots=True)
+class Envelope:
+    id: str
+    method: str
+    params: Any = None
+    #: Client id to send the reply to; None for a notification (no reply).
+    reply_to: str | None = None
+    #: Absolute deadline, seconds since the epoch.
+    deadline: float | None = None
+    idempotency_key: str | None = None
+    state: str | None = None
+    enqueued_at: float | None = None
+
+    def encode(self) -> bytes:
+        doc: dict[str, Any] = {"id": self.id, "method": self.method}
+        if self.params is not None:
+            doc["params"] = self.params
+        if self.reply_to is not None:
+            doc["reply_to"] = self.reply_to
+        if self.deadline is not None:
+            doc["deadline"] = self.deadline
+        if self.idempotency_key is not None:
+            doc["idempotency_key"] = self.idempotency_key
+        if self.state is not None:
+            doc["state"] = self.state
+        if self.enqueued_at is not None:
+            doc["enqueued_at"] = self.enqueued_at
+        return orjson.dumps(doc)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Envelope:
+        """Parse an envelope; anything malformed is an InvalidRequestError (dead-lettered)."""
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequestError("envelope is not JSON") from exc
+        if not isinstance(doc, dict):
+            raise InvalidRequestError("envelope is not an object")
+        rid, method = doc.get("id"), doc.get("method")
+        if not isinstance(rid, str) or not isinstance(method, str):
+            raise InvalidRequestError("envelope needs string id and method")
+        params = doc.get("params")
+        if params is not None and not isinstance(params, dict | list):
+            raise InvalidRequestError("params must be an object or an array")
+        deadline = doc.get("deadline")
+        if deadline is not None and not isinstance(deadline, int | float):
+            raise InvalidRequestError("deadline must be a number")
+        for name in ("reply_to", "idempotency_key", "state"):
+            value = doc.get(name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidRequestError(f"{name} must be a string")
+        return cls(
+            id=rid,
+            method=method,
+            params=params,
+            reply_to=doc.get("reply_to"),
+            deadline=deadline,
+            idempotency_key=doc.get("idempotency_key"),
+            state=doc.get("state"),
+            enqueued_at=doc.get("enqueued_at"),
+        )
+
+
+def encode_result(request_id: str, result: Any) -> bytes:
+    return orjson.dumps({"id": request_id, "result": result})
+
+
+def encode_error(request_id: str, error: RpcError) -> bytes:
+    return orjson.dumps({"id": request_id, "error": error.to_dict()})
+
+
+def retag_reply(stored: bytes, request_id: str) -> bytes:
+    """A stored reply (idempotency) answered under the id of the request that repeats it."""
+    doc = orjson.loads(stored)
+    doc["id"] = request_id
+    return orjson.dumps(doc)
+
+
+def decode_reply(raw: bytes) -> tuple[str | None, Any, RpcError | None]:
+    """(request id, result, error) of a reply; a malformed one gives (None, None, error)."""
+    try:
+        doc = orjson.loads(raw)
+        rid = doc["id"]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None, None, RpcError("malformed reply")
+    if "error" in doc:
+        return rid, None, RpcError.from_dict(doc["error"])
+    return rid, doc.get("result"), None

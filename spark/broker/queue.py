@@ -1,0 +1,185 @@
+"""One service's request stream: enqueue, read, reclaim, renew, finish, dead-letter.
+
+The stream holds only work not yet finished: a worker acknowledges *and deletes* an entry
+once its reply is written, so the stream's length is the backlog. Producers refuse new work
+past `max_backlog` (OverloadedError) instead of trimming, which would drop accepted requests.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from spark.broker.envelope import FIELD
+from spark.broker.keys import GROUP, SERVICES, ServiceKeys
+from spark.broker.scripts import script
+
+DEFAULT_MAX_BACKLOG = 100_000
+#: Dead-letter stream cap: it is for inspection and replay, not an archive.
+DEAD_LETTER_MAXLEN = 10_000
+
+
+@dataclass(slots=True)
+class Entry:
+    entry_id: bytes
+    raw: bytes | None
+    #: Times this entry has been delivered to a consumer, this delivery included.
+    deliveries: int = 1
+
+
+def _entries(messages) -> list[Entry]:
+    return [Entry(mid, fields.get(FIELD) if fields else None) for mid, fields in messages]
+
+
+class ServiceQueue:
+    def __init__(
+        self, redis: aioredis.Redis, service: str, *, max_backlog: int = DEFAULT_MAX_BACKLOG
+    ):
+        self.redis = redis
+        self.keys = ServiceKeys.for_service(service)
+        self.max_backlog = max_backlog
+        self._enqueue = script(redis, "enqueue")
+
+    @property
+    def service(self) -> str:
+        return self.keys.service
+
+    async def ensure_group(self) -> None:
+        """Create the stream and group; id 0 so entries enqueued before any worker are served."""
+        try:
+            await self.redis.xgroup_create(self.keys.requests, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        await self.redis.sadd(SERVICES, self.service)
+
+    async def enqueue(self, envelopes: list[bytes]) -> list[bytes | None]:
+        """Append envelopes in one round trip; None where the backlog was full."""
+        ids = await self._enqueue(keys=[self.keys.requests], args=[self.max_backlog, *envelopes])
+        return [i if i else None for i in ids]
+
+    async def read(
+        self, redis: aioredis.Redis, consumer: str, count: int, block_ms: int
+    ) -> list[Entry]:
+        """New entries for `consumer`, blocking up to `block_ms` on the given (dedicated) client."""
+        try:
+            reply = await redis.xreadgroup(
+                GROUP, consumer, {self.keys.requests: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream was deleted under us (FLUSHALL, a Redis without persistence restarted).
+            await self.ensure_group()
+            return []
+        if not reply:
+            return []
+        return _entries(reply[0][1])
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
+        """Take over entries idle longer than `min_idle_ms` (their worker stopped renewing)."""
+        try:
+            _next, messages, *_deleted = await self.redis.xautoclaim(
+                self.keys.requests,
+                GROUP,
+                consumer,
+                min_idle_time=min_idle_ms,
+                start_id="0-0",
+                count=count,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()
+            return []
+        entries = _entries(messages)
+        if entries:
+            counts = await self.deliveries(consumer, [e.entry_id for e in entries])
+            for e in entries:
+                e.deliveries = counts.get(e.entry_id, 1)
+        return entries
+
+    async def deliveries(self, consumer: str, entry_ids: list[bytes]) -> dict[bytes, int]:
+        lo, hi = min(entry_ids), max(entry_ids)
+        rows = await self.redis.xpending_range(
+            self.keys.requests, GROUP, lo, hi, len(entry_ids) + 1024, consumername=consumer
+        )
+        return {r["message_id"]: r["times_delivered"] for r in rows}
+
+    async def own_pending(self, consumer: str, count: int = 1000) -> list[Entry]:
+        """Entries delivered to `consumer` and not finished, with their data.
+
+        For a worker that abandoned a blocking read: Redis may have delivered entries whose
+        reply never reached it; they are in its pending list all the same.
+        """
+        rows = await self.redis.xpending_range(
+            self.keys.requests, GROUP, "-", "+", count, consumername=consumer
+        )
+        if not rows:
+            return []
+        counts = {r["message_id"]: r["times_delivered"] for r in rows}
+        # JUSTID is not used: this fetches the entries; claiming to the owner changes nothing
+        # but the idle time (and, without JUSTID, the delivery counter, which we restore).
+        messages = await self.redis.xclaim(
+            self.keys.requests, GROUP, consumer, 0, list(counts), justid=False
+        )
+        entries = _entries(messages)
+        for e in entries:
+            e.deliveries = counts.get(e.entry_id, 1)
+        return entries
+
+    async def renew(self, consumer: str, entry_ids: list[bytes]) -> None:
+        """Reset the idle time of entries still being worked on, so nobody reclaims them.
+
+        JUSTID leaves the delivery counter alone: a long handler is not a redelivery.
+        """
+        if entry_ids:
+            await self.redis.xclaim(self.keys.requests, GROUP, consumer, 0, entry_ids, justid=True)
+
+    async def finish(self, entry_ids: list[bytes]) -> None:
+        """Acknowledge and delete finished entries (only ever after their reply is written)."""
+        if not entry_ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(self.keys.requests, GROUP, *entry_ids)
+        pipe.xdel(self.keys.requests, *entry_ids)
+        await pipe.execute()
+
+    async def dead_letter(self, entry: Entry, error: dict, consumer: str) -> None:
+        """Move an entry to the dead-letter stream with its last error, then finish it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(
+            self.keys.dead,
+            {
+                b"e": entry.raw or b"",
+                b"entry_id": entry.entry_id,
+                b"error": orjson.dumps(error),
+                b"deliveries": str(entry.deliveries),
+                b"consumer": consumer,
+                b"at": repr(time.time()),
+            },
+            maxlen=DEAD_LETTER_MAXLEN,
+            approximate=True,
+        )
+        pipe.xack(self.keys.requests, GROUP, entry.entry_id)
+        pipe.xdel(self.keys.requests, entry.entry_id)
+        await pipe.execute()
+
+    async def dead_letters(self, count: int = 100) -> list[tuple[bytes, dict]]:
+        return await self.redis.xrange(self.keys.dead, count=count)
+
+    async def stats(self) -> dict[str, int]:
+        """Backlog (entries not finished), pending (delivered, not finished), dead letters."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xlen(self.keys.requests)
+        pipe.xlen(self.keys.dead)
+        pipe.xpending(self.keys.requests, GROUP)
+        try:
+            backlog, dead, pending = await pipe.execute()
+        except ResponseError:
+            return {"backlog": 0, "pending": 0, "dead": 0}
+        return {"backlog": backlog, "pending": pending["pending"] if pending else 0, "dead": dead}

@@ -1,0 +1,28 @@
+"""Back off and retry while Redis is unreachable, for long-lived loops."""
+
+from __future__ import annotations
+
+import logging
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_random_exponential
+
+from spark.broker import UNREACHABLE
+
+log = logging.getLogger("spark.broker")
+
+
+def _log_retry(state) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    if state.attempt_number in (1, 10) or state.attempt_number % 50 == 0:
+        log.warning("redis unreachable (%s: %s); retrying", type(exc).__name__, exc)
+
+
+def while_unreachable(max_wait: float = 2.0) -> AsyncRetrying:
+    """Retry forever on connection errors (the caller's loop decides when to stop)."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(UNREACHABLE),
+        wait=wait_random_exponential(multiplier=0.05, max=max_wait),
+        stop=stop_never,
+        before_sleep=_log_retry,
+        reraise=True,
+    )

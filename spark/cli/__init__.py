@@ -1,0 +1,1 @@
+"""Console scripts: `spark-worker`, `spark-edge` and the operator's `spark`."""

@@ -1,0 +1,63 @@
+"""Pieces every console script shares: logging, loading `module:Name` targets, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from spark.broker.connection import CLI_DEFAULT_URL, ENV_URL
+
+
+def setup_logging(level: str | None = None) -> None:
+    logging.basicConfig(
+        level=(level or os.environ.get("SPARK_LOG_LEVEL") or "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+
+
+def cli_redis_url(explicit: str | None) -> str:
+    """--redis, else $SPARK_REDIS_URL, else a local Redis (what a deployed process expects)."""
+    return explicit or os.environ.get(ENV_URL) or CLI_DEFAULT_URL
+
+
+def load_target(spec: str) -> Any:
+    """`module:Name` -> an instance to serve.
+
+    Name may be a Node/RpcNode class (instantiated with no arguments), a factory function
+    (called; may be async), or an instance.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise SystemExit(f"target must look like module:Name, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"cannot import {module_name!r}: {exc}") from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise SystemExit(f"{module_name!r} has no attribute {attr!r}") from None
+    if inspect.isclass(obj):
+        obj = obj()
+    elif callable(obj) and not hasattr(obj, "handle_rpc"):
+        obj = obj()
+        if inspect.isawaitable(obj):
+            obj = asyncio.run(obj)
+    if not hasattr(obj, "handle_rpc"):
+        raise SystemExit(f"{spec} is not a Node, an RpcNode or a factory of one")
+    return obj
+
+
+def install_stop_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT ask for a graceful stop; a second SIGINT is not needed to exit."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)

@@ -1,0 +1,132 @@
+"""`spark-worker TARGET`: serve a node's methods from its service's Redis stream.
+
+TARGET is `module:Class` (an RpcNode or a plain Node, instantiated without arguments) or
+`module:factory`. The service name defaults to the class name without its `RpcNode` /
+`Node` / `Service` suffix, in kebab case (`CustomerRpcNode` -> `customer`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from spark.broker import connect, registry
+from spark.broker.connection import describe
+from spark.broker.keys import ServiceKeys
+from spark.cli.common import cli_redis_url, install_stop_signals, load_target, setup_logging
+from spark.runtime.supervisor import Supervisor
+from spark.runtime.worker import WorkerConfig, run_worker, service_of
+
+_DEFAULTS = WorkerConfig(service="-")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spark-worker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", help="module:Class or module:factory")
+    p.add_argument("--service", help="service name (default: derived from the class name)")
+    p.add_argument(
+        "--redis", help="broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0)"
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=_DEFAULTS.concurrency,
+        help="handlers running at once per process (default %(default)s)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes under one supervisor (default %(default)s)",
+    )
+    p.add_argument(
+        "--reclaim-after",
+        type=float,
+        default=_DEFAULTS.reclaim_after,
+        help="seconds before a dead worker's requests are taken over (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-deliveries",
+        type=int,
+        default=_DEFAULTS.max_deliveries,
+        help="deliveries before a request is dead-lettered (default %(default)s)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=_DEFAULTS.grace,
+        help="seconds SIGTERM waits for in-flight requests (default %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=_DEFAULTS.heartbeat_interval,
+        help="seconds between heartbeats (default %(default)s)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 when a live worker of the service has a fresh heartbeat, else 1",
+    )
+    p.add_argument("--log-level", default=None)
+    return p
+
+
+async def _check(url: str, service: str) -> int:
+    redis = connect(url, max_connections=1)
+    try:
+        live = await registry.live_count(redis, ServiceKeys.for_service(service))
+    except Exception as exc:
+        print(f"{service}: broker unreachable at {describe(url)}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await redis.aclose()
+    print(f"{service}: {live} live worker(s)")
+    return 0 if live > 0 else 1
+
+
+async def _serve(target, args, url: str) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(asyncio.get_running_loop(), stop.set)
+    await run_worker(
+        target,
+        service=args.service,
+        url=url,
+        stop=stop,
+        concurrency=args.concurrency,
+        reclaim_after=args.reclaim_after,
+        max_deliveries=args.max_deliveries,
+        grace=args.grace,
+        heartbeat_interval=args.heartbeat,
+    )
+
+
+async def _supervise(argv: list[str], args) -> int:
+    sup = Supervisor(argv, args.processes, grace=args.grace)
+    install_stop_signals(asyncio.get_running_loop(), sup.stop)
+    return await sup.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    setup_logging(args.log_level)
+    url = cli_redis_url(args.redis)
+    target = load_target(args.target)
+    service = service_of(target, args.service)
+    if args.check:
+        return asyncio.run(_check(url, service))
+    if args.processes > 1:
+        child = [sys.executable, "-m", "spark.cli.worker", *argv, "--processes", "1"]
+        return asyncio.run(_supervise(child, args))
+    asyncio.run(_serve(target, args, url))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

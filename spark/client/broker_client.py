@@ -1,0 +1,295 @@
+"""Calling services through Redis: the client half of the broker.
+
+One `BrokerClient` per process and broker URL serves every caller in it (proxies, the edge,
+the CLI). Calls made in the same event-loop turn are enqueued in one pipeline; one reader
+task pops every reply for this client and resolves the waiting futures by request id. A
+reply that arrives after its caller stopped waiting (or a second reply for the same id) is
+dropped, so exactly one reply reaches each caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from spark.broker import (
+    UNREACHABLE,
+    Envelope,
+    ServiceQueue,
+    connect,
+    registry,
+    replies,
+    resolve_url,
+)
+from spark.broker.envelope import decode_reply
+from spark.context import inherited_deadline
+from spark.errors import (
+    OverloadedError,
+    RpcConnectionError,
+    RpcTimeoutError,
+    ServiceUnavailableError,
+)
+
+log = logging.getLogger("spark.client")
+
+DEFAULT_TIMEOUT = 30.0
+#: How long a "this service has live workers" answer is trusted.
+LIVENESS_CACHE_SECONDS = 1.0
+#: Seconds one BLPOP waits; bounds how long the reader takes to notice it should stop.
+READ_BLOCK_SECONDS = 1.0
+
+
+class BrokerClient:
+    def __init__(self, url: str | None = None, *, client_id: str | None = None):
+        self.url = resolve_url(url)
+        self.client_id = client_id or uuid.uuid4().hex
+        self._redis: aioredis.Redis | None = None
+        self._blocking: aioredis.Redis | None = None
+        self._queues: dict[str, ServiceQueue] = {}
+        self._pending: dict[str, asyncio.Future] = {}
+        self._outbox: dict[str, list[tuple[bytes, asyncio.Future]]] = defaultdict(list)
+        self._flushing: asyncio.Task | None = None
+        self._reader: asyncio.Task | None = None
+        self._liveness: dict[str, tuple[float, int]] = {}
+        self._seq = 0
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = connect(self.url)
+        return self._redis
+
+    def _ensure_reader(self) -> None:
+        if self._reader is None or self._reader.done():
+            if self._blocking is None:
+                self._blocking = connect(
+                    self.url, max_connections=1, socket_timeout=READ_BLOCK_SECONDS + 10
+                )
+            self._reader = asyncio.create_task(self._read_replies(), name="spark-replies")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for task in (self._reader, self._flushing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *UNREACHABLE):
+                    await task
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(RpcConnectionError("client closed"))
+        self._pending.clear()
+        for client in (self._blocking, self._redis):
+            if client is not None:
+                await client.aclose()
+        self._redis = self._blocking = None
+
+    async def __aenter__(self) -> BrokerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def queue(self, service: str) -> ServiceQueue:
+        q = self._queues.get(service)
+        if q is None:
+            q = self._queues[service] = ServiceQueue(self.redis, service)
+        return q
+
+    # -- calls -------------------------------------------------------------------------
+
+    def next_id(self) -> str:
+        self._seq += 1
+        return f"{self._seq:x}"
+
+    def deadline_for(self, timeout: float | None, deadline: float | None = None) -> float:
+        """Absolute deadline: the explicit one, else now + timeout, never past the caller's own."""
+        if deadline is None:
+            deadline = time.time() + (DEFAULT_TIMEOUT if timeout is None else timeout)
+        inherited = inherited_deadline()
+        if inherited is not None and inherited < deadline:
+            deadline = inherited
+        return deadline
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        idempotency_key: str | None = None,
+        state: str | None = None,
+        require_workers: bool = False,
+        request_id: str | None = None,
+    ) -> Any:
+        """Call `service.method` and return its result; raises an RpcError or TransportError."""
+        if self._closed:
+            raise RpcConnectionError("client closed")
+        deadline = self.deadline_for(timeout, deadline)
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            raise RpcTimeoutError(
+                "deadline already passed", data={"service": service, "method": method}
+            )
+        if require_workers:
+            await self._require_workers(service)
+        rid = request_id or self.next_id()
+        env = Envelope(
+            id=rid,
+            method=method,
+            params=params,
+            reply_to=self.client_id,
+            deadline=deadline,
+            idempotency_key=idempotency_key,
+            state=state,
+            enqueued_at=time.time(),
+        )
+        loop = asyncio.get_running_loop()
+        reply = loop.create_future()
+        self._pending[rid] = reply
+        self._ensure_reader()
+        try:
+            async with asyncio.timeout_at(loop.time() + remaining):
+                await self._enqueue(service, env.encode())
+                return await reply
+        except TimeoutError:
+            raise RpcTimeoutError(
+                f"no reply from {service!r} within {remaining:.3g}s",
+                data={"service": service, "method": method},
+            ) from None
+        finally:
+            self._pending.pop(rid, None)
+
+    async def notify(
+        self,
+        service: str,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        state: str | None = None,
+    ) -> None:
+        """Enqueue a notification: it runs, nobody is answered. Returns once Redis has it."""
+        env = Envelope(
+            id=self.next_id(),
+            method=method,
+            params=params,
+            deadline=self.deadline_for(timeout),
+            idempotency_key=idempotency_key,
+            state=state,
+            enqueued_at=time.time(),
+        )
+        await self._enqueue(service, env.encode())
+
+    async def _enqueue(self, service: str, payload: bytes) -> None:
+        accepted = asyncio.get_running_loop().create_future()
+        self._outbox[service].append((payload, accepted))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_outbox(), name="spark-enqueue")
+        await accepted
+
+    async def _flush_outbox(self) -> None:
+        """Send what piled up while the previous pipeline was in flight, until none is left."""
+        await asyncio.sleep(0)  # let the calls made in this turn join the batch
+        while self._outbox:
+            batch, self._outbox = self._outbox, defaultdict(list)
+            try:
+                results = await self._send(batch)
+            except UNREACHABLE as exc:
+                error = RpcConnectionError(f"cannot reach the broker at {self.url}: {exc}")
+                for items in batch.values():
+                    for _payload, fut in items:
+                        if not fut.done():
+                            fut.set_exception(error)
+                continue
+            for service, items in batch.items():
+                for (_payload, fut), entry_id in zip(items, results[service], strict=True):
+                    if fut.done():
+                        continue
+                    if entry_id is None:
+                        fut.set_exception(
+                            OverloadedError(
+                                f"service {service!r} has a full backlog", data={"service": service}
+                            )
+                        )
+                    else:
+                        fut.set_result(entry_id)
+
+    async def _send(self, batch: dict[str, list[tuple[bytes, asyncio.Future]]]) -> dict[str, list]:
+        services = list(batch)
+        if len(services) == 1:
+            service = services[0]
+            return {service: await self.queue(service).enqueue([p for p, _ in batch[service]])}
+        replies_ = await asyncio.gather(
+            *(self.queue(s).enqueue([p for p, _ in batch[s]]) for s in services)
+        )
+        return dict(zip(services, replies_, strict=True))
+
+    async def _require_workers(self, service: str) -> None:
+        now = time.monotonic()
+        cached = self._liveness.get(service)
+        if cached is None or now - cached[0] > LIVENESS_CACHE_SECONDS:
+            try:
+                count = await registry.live_count(self.redis, self.queue(service).keys)
+            except UNREACHABLE as exc:
+                raise RpcConnectionError(f"cannot reach the broker at {self.url}: {exc}") from exc
+            cached = self._liveness[service] = (now, count)
+        if cached[1] == 0:
+            raise ServiceUnavailableError(
+                f"service {service!r} has no live workers", data={"service": service}
+            )
+
+    async def live_workers(self, service: str) -> int:
+        return await registry.live_count(self.redis, self.queue(service).keys)
+
+    # -- replies -----------------------------------------------------------------------
+
+    async def _read_replies(self) -> None:
+        failures = 0
+        while not self._closed:
+            try:
+                first = await replies.wait(self._blocking, self.client_id, READ_BLOCK_SECONDS)
+                if first is None:
+                    continue
+                # Answer the first caller before fetching the rest: it has waited longest.
+                self._resolve(first)
+                batch = await replies.drain(self._blocking, self.client_id)
+                while batch:
+                    for item in batch:
+                        self._resolve(item)
+                    if len(batch) < replies.DRAIN_COUNT:
+                        break
+                    batch = await replies.drain(self._blocking, self.client_id)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Callers are bounded by their deadlines meanwhile; keep trying to read.
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.warning(
+                        "reading replies failed (%s: %s); retrying", type(exc).__name__, exc
+                    )
+                await asyncio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
+
+    def _resolve(self, item: bytes) -> None:
+        rid, result, error = decode_reply(item)
+        fut = self._pending.get(rid) if rid is not None else None
+        if fut is None or fut.done():
+            return  # late or repeated: its caller has already been answered
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)

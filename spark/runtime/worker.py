@@ -1,0 +1,544 @@
+"""A worker: serves one service's request stream with up to `concurrency` handlers at once.
+
+Life of an entry: read (only as many as there are free slots) -> checks (malformed, too
+many deliveries, expired, already answered) -> handler under the request's deadline ->
+reply written -> entry acknowledged and deleted. Replies and acks of entries that finish
+together go out in one pipeline each. While a handler runs, its entry's lease is renewed
+so other workers do not reclaim it; entries of a worker that died go idle and are
+reclaimed by the others after `reclaim_after` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from spark.broker import (
+    UNREACHABLE,
+    Entry,
+    Envelope,
+    ServiceQueue,
+    connect,
+    registry,
+    replies,
+    resolve_url,
+)
+from spark.broker.envelope import encode_error, encode_result, retag_reply
+from spark.broker.keys import default_service_name
+from spark.broker.retrying import while_unreachable
+from spark.context import CallInfo, current_call
+from spark.errors import (
+    DeadLetteredError,
+    InternalError,
+    InvalidRequestError,
+    RpcError,
+    RpcTimeoutError,
+)
+from spark.runtime.host import ServiceHost
+
+log = logging.getLogger("spark.worker")
+
+#: What a worker serves: (method, params, call) -> JSON-able result, raising RpcError.
+Handler = Callable[[str, Any, CallInfo], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    service: str
+    concurrency: int = 16
+    #: Seconds an entry may sit unrenewed before live workers take it over.
+    reclaim_after: float = 30.0
+    #: Deliveries after which an entry is dead-lettered instead of run again.
+    max_deliveries: int = 3
+    #: Seconds SIGTERM waits for in-flight handlers before leaving them to be reclaimed.
+    grace: float = 30.0
+    heartbeat_interval: float = 2.0
+    #: Seconds stored replies answer repeats of an idempotency key.
+    idempotency_ttl: int = 3600
+    reply_ttl: int = replies.DEFAULT_REPLY_TTL
+    #: Deadline given to envelopes that arrive without one (written by a foreign producer).
+    default_timeout: float = 300.0
+    read_block_ms: int = 1000
+    consumer: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
+
+
+@dataclass(slots=True)
+class _Done:
+    entry: Entry
+    reply_to: str | None
+    payload: bytes | None
+    #: Idempotency key to store the reply under, or to release when the reply is not kept.
+    store_key: str | None = None
+    keep: bool = True
+    #: Until when a failed reply write is retried (the caller stops waiting then).
+    deadline: float = 0.0
+    attempts: int = 0
+
+
+class Worker:
+    def __init__(self, handler: Handler, config: WorkerConfig, url: str):
+        self.handler = handler
+        self.config = config
+        self.url = url
+        self.redis: aioredis.Redis | None = None
+        self._reader: aioredis.Redis | None = None
+        self.queue: ServiceQueue | None = None
+        self._inflight: dict[bytes, asyncio.Task] = {}
+        self._slot_free = asyncio.Event()
+        self._done: list[_Done] = []
+        self._done_ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        #: "serving", then "draining" once it stopped reading (reported in heartbeats).
+        self.state = "serving"
+        self.processed = 0
+        self.failed = 0
+        self.started_at = time.time()
+
+    @property
+    def consumer(self) -> str:
+        return self.config.consumer
+
+    @property
+    def free_slots(self) -> int:
+        return self.config.concurrency - len(self._inflight)
+
+    def stop(self) -> None:
+        """Stop reading; `serve()` then drains in-flight work and returns."""
+        self._stopping.set()
+
+    async def serve(self) -> None:
+        cfg = self.config
+        self.redis = connect(self.url, max_connections=8)
+        # Blocking reads hold their connection for the whole wait: give them their own.
+        self._reader = connect(
+            self.url, max_connections=1, socket_timeout=cfg.read_block_ms / 1000 + 10
+        )
+        self.queue = ServiceQueue(self.redis, cfg.service)
+        async for attempt in while_unreachable():
+            with attempt:
+                await self.queue.ensure_group()
+                await self._beat()
+        log.info(
+            "worker %s serving %r (concurrency %d)", self.consumer, cfg.service, cfg.concurrency
+        )
+        self.ready.set()
+        flusher = asyncio.create_task(self._flush_loop(), name="spark-flush")
+        side = [
+            asyncio.create_task(self._heartbeat_loop(), name="spark-heartbeat"),
+            asyncio.create_task(self._lease_loop(), name="spark-lease"),
+            asyncio.create_task(self._reclaim_loop(), name="spark-reclaim"),
+        ]
+        try:
+            await self._read_loop()
+        finally:
+            self.state = "draining"
+            with contextlib.suppress(*UNREACHABLE):
+                await self._beat()
+            await self._drain()
+            self._stopping.set()
+            self._done_ready.set()
+            await flusher
+            for task in side:
+                task.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
+            with contextlib.suppress(*UNREACHABLE):
+                await registry.leave(self.redis, self.queue.keys, self.consumer)
+            await self._reader.aclose()
+            await self.redis.aclose()
+            log.info("worker %s stopped after %d requests", self.consumer, self.processed)
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                if self.free_slots <= 0:
+                    self._slot_free.clear()
+                    await self._wait_stopping_or(self._slot_free.wait())
+                    continue
+                read = asyncio.ensure_future(
+                    self.queue.read(
+                        self._reader, self.consumer, self.free_slots, self.config.read_block_ms
+                    )
+                )
+                await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    # Stop reading now rather than after the block times out.
+                    read.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, *UNREACHABLE):
+                        await read
+                    await self._adopt_own_pending()
+                    return
+                try:
+                    entries = read.result()
+                except UNREACHABLE as exc:
+                    log.warning("read failed (%s); retrying", exc)
+                    await self._wait_stopping_or(asyncio.sleep(0.5))
+                    continue
+                for entry in entries:
+                    self._start(entry)
+        finally:
+            stopping.cancel()
+
+    async def _adopt_own_pending(self) -> None:
+        """Run what an abandoned read may have delivered to us without our seeing it."""
+        try:
+            entries = await self.queue.own_pending(self.consumer)
+        except UNREACHABLE as exc:
+            log.warning("could not check own pending entries (%s); they will be reclaimed", exc)
+            return
+        for entry in entries:
+            if entry.entry_id not in self._inflight:
+                self._start(entry)
+
+    async def _wait_stopping_or(self, aw: Awaitable) -> None:
+        waiter = asyncio.ensure_future(aw)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (waiter, stopper):
+            t.cancel()
+
+    def _start(self, entry: Entry) -> None:
+        task = asyncio.create_task(self._run(entry))
+        self._inflight[entry.entry_id] = task
+
+    # -- running one entry ---------------------------------------------------------------
+
+    async def _run(self, entry: Entry) -> None:
+        try:
+            done = await self._answer(entry)
+        except Exception:
+            # Only a bug in this module gets here; the entry stays pending and is reclaimed.
+            log.exception("worker failed on entry %r", entry.entry_id)
+            self._inflight.pop(entry.entry_id, None)
+            self._slot_free.set()
+            return
+        if done is not None:
+            self._done.append(done)
+            self._done_ready.set()
+
+    async def _answer(self, entry: Entry) -> _Done | None:
+        cfg = self.config
+        try:
+            env = Envelope.decode(entry.raw or b"")
+        except InvalidRequestError as exc:
+            await self._dead_letter(entry, exc, None)
+            return None
+        if entry.deliveries > cfg.max_deliveries:
+            err = DeadLetteredError(
+                f"request delivered {entry.deliveries - 1} times without an answer; dead-lettered",
+                data={
+                    "service": cfg.service,
+                    "deliveries": entry.deliveries - 1,
+                    "last_error": "the worker handling it stopped before answering",
+                },
+            )
+            await self._dead_letter(entry, err, env)
+            return _Done(entry, env.reply_to, encode_error(env.id, err))
+        deadline = env.deadline if env.deadline is not None else time.time() + cfg.default_timeout
+        if time.time() >= deadline:
+            err = RpcTimeoutError(
+                "deadline passed before the request was run",
+                data={"service": cfg.service, "method": env.method},
+            )
+            return _Done(entry, env.reply_to, encode_error(env.id, err))
+
+        store_key = None
+        if env.idempotency_key is not None:
+            store_key = self.queue.keys.result(env.idempotency_key)
+            stored = await self._claim_key(store_key, entry, deadline)
+            if isinstance(stored, bytes):
+                return _Done(entry, env.reply_to, retag_reply(stored, env.id), deadline=deadline)
+            if isinstance(stored, RpcError):
+                return _Done(entry, env.reply_to, encode_error(env.id, stored))
+
+        call = CallInfo(
+            request_id=env.id,
+            service=cfg.service,
+            method=env.method,
+            client_id=env.reply_to,
+            deadline=deadline,
+            idempotency_key=env.idempotency_key,
+            state_namespace=env.state,
+            delivery=entry.deliveries,
+        )
+        payload, keep = await self._invoke(env, call, deadline)
+        return _Done(entry, env.reply_to, payload, store_key, keep, deadline)
+
+    async def _invoke(self, env: Envelope, call: CallInfo, deadline: float) -> tuple[bytes, bool]:
+        """The reply, and whether a repeat of the request may be answered with it.
+
+        A timeout is not kept: the caller's retry (with the same idempotency key) runs again.
+        """
+        token = current_call.set(call)
+        try:
+            async with asyncio.timeout(deadline - time.time()) as scope:
+                result = await self.handler(env.method, env.params, call)
+            return encode_result(env.id, result), True
+        except RpcError as exc:
+            self.failed += 1
+            return encode_error(env.id, exc), not isinstance(exc, RpcTimeoutError)
+        except TimeoutError:
+            self.failed += 1
+            if scope.expired():
+                err = RpcTimeoutError(
+                    "handler did not finish before the request's deadline",
+                    data={"service": self.config.service, "method": env.method},
+                )
+            else:
+                log.exception("handler %s.%s raised", self.config.service, env.method)
+                err = InternalError()
+            return encode_error(env.id, err), not scope.expired()
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            self.failed += 1
+            log.exception(
+                "handler %s.%s failed or returned a value that is not JSON",
+                self.config.service,
+                env.method,
+            )
+            return encode_error(env.id, InternalError(data={"type": type(exc).__name__})), True
+        except Exception:
+            self.failed += 1
+            log.exception("handler %s.%s raised", self.config.service, env.method)
+            return encode_error(env.id, InternalError()), True
+        finally:
+            current_call.reset(token)
+
+    async def _claim_key(self, key: str, entry: Entry, deadline: float) -> bytes | RpcError | None:
+        """None: run the handler. bytes: the stored reply. RpcError: gave up waiting."""
+        owner = entry.entry_id
+        lease = self.config.reclaim_after * 2
+        while True:
+            stored = await replies.claim_idempotency(self.redis, key, owner, lease)
+            if stored is None or stored == replies.RUNNING + owner:
+                return None
+            if not stored.startswith(replies.RUNNING):
+                return stored
+            # The same key is running elsewhere: wait for its reply instead of running twice.
+            if time.time() >= deadline:
+                return RpcTimeoutError(
+                    "an earlier request with this idempotency key is still running"
+                )
+            await asyncio.sleep(0.05)
+
+    async def _dead_letter(self, entry: Entry, err: RpcError, env: Envelope | None) -> None:
+        log.error("dead-lettering %r of %r: %s", entry.entry_id, self.config.service, err)
+        async for attempt in while_unreachable():
+            with attempt:
+                await self.queue.dead_letter(entry, err.to_dict(), self.consumer)
+        if env is None or env.reply_to is None:
+            self._inflight.pop(entry.entry_id, None)
+            self._slot_free.set()
+
+    # -- replies and acks ----------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._done_ready.wait()
+            self._done_ready.clear()
+            batch, self._done = self._done, []
+            if batch:
+                await self._flush(batch)
+            if self._stopping.is_set() and not self._inflight and not self._done:
+                return
+
+    async def _flush(self, batch: list[_Done]) -> None:
+        cfg = self.config
+        with_reply = [d for d in batch if d.reply_to is not None and d.payload is not None]
+        stored = [
+            (d.store_key, d.payload if d.keep else None, cfg.idempotency_ttl)
+            for d in batch
+            if d.store_key
+        ]
+        async for attempt in while_unreachable():
+            with attempt:
+                ok = await replies.push(
+                    self.redis,
+                    [(d.reply_to, d.payload) for d in with_reply],
+                    stored,
+                    ttl=cfg.reply_ttl,
+                )
+        written = {id(d) for d, good in zip(with_reply, ok, strict=True) if good}
+        finished = [d for d in batch if d.reply_to is None or id(d) in written]
+        async for attempt in while_unreachable():
+            with attempt:
+                await self.queue.finish([d.entry.entry_id for d in finished])
+        for d in finished:
+            self._inflight.pop(d.entry.entry_id, None)
+        self.processed += len(finished)
+        for d in batch:
+            if d.reply_to is not None and id(d) not in written:
+                self._retry_reply(d)
+        self._slot_free.set()
+
+    def _retry_reply(self, done: _Done) -> None:
+        """The reply could not be written (Redis refused the command): try again later.
+
+        The entry stays in flight, so its lease is renewed and nobody else runs it. Past the
+        caller's deadline nobody waits for the reply: the entry is left pending, to be
+        reclaimed and answered (or dead-lettered) like any entry of a worker that failed.
+        """
+        done.attempts += 1
+        if time.time() >= done.deadline:
+            log.error(
+                "giving up writing the reply for %r of %r", done.entry.entry_id, self.config.service
+            )
+            self._inflight.pop(done.entry.entry_id, None)
+            return
+        log.warning(
+            "reply for %r of %r not written; retrying", done.entry.entry_id, self.config.service
+        )
+
+        async def later() -> None:
+            await asyncio.sleep(min(0.05 * 2**done.attempts, 2.0))
+            self._done.append(done)
+            self._done_ready.set()
+
+        asyncio.get_running_loop().create_task(later())
+
+    # -- leases, reclaiming, heartbeats ------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        interval = max(self.config.reclaim_after / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            if self._inflight:
+                try:
+                    await self.queue.renew(self.consumer, list(self._inflight))
+                except UNREACHABLE as exc:
+                    log.warning("lease renewal failed: %s", exc)
+
+    async def _reclaim_loop(self) -> None:
+        interval = max(self.config.reclaim_after / 2, 0.05)
+        min_idle_ms = int(self.config.reclaim_after * 1000)
+        while not self._stopping.is_set():
+            await asyncio.sleep(interval)
+            if self._stopping.is_set() or self.free_slots <= 0:
+                continue
+            try:
+                entries = await self.queue.reclaim(self.consumer, min_idle_ms, self.free_slots)
+            except UNREACHABLE as exc:
+                log.warning("reclaim failed: %s", exc)
+                continue
+            for entry in entries:
+                if entry.entry_id not in self._inflight:
+                    log.warning(
+                        "reclaimed %r of %r (delivery %d)",
+                        entry.entry_id,
+                        self.config.service,
+                        entry.deliveries,
+                    )
+                    self._start(entry)
+
+    async def _beat(self) -> None:
+        cfg = self.config
+        await registry.beat(
+            self.redis,
+            self.queue.keys,
+            self.consumer,
+            ttl=cfg.heartbeat_interval * 3,
+            info={
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "concurrency": cfg.concurrency,
+                "inflight": len(self._inflight),
+                "state": self.state,
+                "processed": self.processed,
+                "failed": self.failed,
+                "started_at": self.started_at,
+            },
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        beats = 0
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            try:
+                await self._beat()
+                beats += 1
+                if beats % 15 == 0:
+                    await registry.prune(
+                        self.redis, self.queue.keys, grace=self.config.reclaim_after * 4
+                    )
+            except UNREACHABLE as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        tasks = list(self._inflight.values())
+        if not tasks:
+            return
+        log.info("draining %d in-flight requests (grace %.1fs)", len(tasks), self.config.grace)
+        _done, pending = await asyncio.wait(tasks, timeout=self.config.grace)
+        for task in pending:
+            # Unanswered and unacknowledged: live workers reclaim these entries.
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            log.warning("left %d requests to be reclaimed after the grace period", len(pending))
+            for entry_id in [k for k, t in self._inflight.items() if t in pending]:
+                self._inflight.pop(entry_id, None)
+
+
+def service_of(target: Any, service: str | None = None) -> str:
+    return (
+        service or getattr(target, "service", None) or default_service_name(type(target).__name__)
+    )
+
+
+async def run_worker(
+    target: Any,
+    *,
+    service: str | None = None,
+    url: str | None = None,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+    **options: Any,
+) -> None:
+    """Serve `target` (anything with `handle_rpc`: an RpcNode, a Node) until `stop` is set.
+
+    The embedding and test entry point of `spark-worker`. `url` defaults to
+    `$SPARK_REDIS_URL`, then the embedded broker. Cancelling the task stops it too; either
+    way in-flight requests are drained first.
+    """
+    url = resolve_url(url)
+    host = ServiceHost(url)
+    if hasattr(target, "runtime"):
+        target.runtime = host
+    worker = Worker(
+        target.handle_rpc, WorkerConfig(service=service_of(target, service), **options), url
+    )
+    serving = asyncio.create_task(worker.serve())
+    try:
+        started = asyncio.create_task(worker.ready.wait())
+        await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if ready is not None and worker.ready.is_set():
+            ready.set()
+        # asyncio.wait, not `await serving`: cancelling us must drain the worker, not cancel it.
+        waiters = {serving}
+        if stop is not None:
+            waiters.add(asyncio.create_task(stop.wait()))
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for t in waiters - {serving}:
+            t.cancel()
+    finally:
+        worker.stop()
+        await serving
+        await host.aclose()
