@@ -190,7 +190,7 @@ class StateContract:
     @pytest.mark.parametrize("value", ["5", 1.5, 1.0, True, None, [1], {"a": 1}])
     async def test_increment_on_non_integer_raises_and_keeps_the_value(self, state, value):
         await state.set("k", value)
-        with pytest.raises(StateTypeError, match="not an integer|integer"):
+        with pytest.raises(StateTypeError, match="integer"):
             await state.increment("k")
         assert await state.get("k") == value
 
