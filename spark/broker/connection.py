@@ -52,11 +52,16 @@ def connect(
     *,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     socket_timeout: float | None = None,
+    dedicated: bool = False,
 ) -> aioredis.Redis:
     """A client with its own bounded, blocking connection pool.
 
     Give every blocking reader (XREADGROUP BLOCK, BLPOP, pub/sub) a client of its own with
     `max_connections=1`: a blocking command holds its connection for the whole wait.
+
+    `dedicated=True` gives a client that holds one connection for good, skipping the pool
+    on every command; only for a single task issuing one command or pipeline at a time
+    (a hot path such as the worker's reply writer).
     """
     if is_memory(url):
         from fakeredis import aioredis as fake_aioredis
@@ -70,7 +75,7 @@ def connect(
         socket_connect_timeout=5.0,
         health_check_interval=30,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis(connection_pool=pool, single_connection_client=dedicated)
 
 
 def describe(url: str) -> str:

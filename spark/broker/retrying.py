@@ -26,3 +26,19 @@ def while_unreachable(max_wait: float = 2.0) -> AsyncRetrying:
         before_sleep=_log_retry,
         reraise=True,
     )
+
+
+async def until_reachable(fn, *args, **kwargs):
+    """`await fn(*args, **kwargs)`, retried while Redis is unreachable.
+
+    The first attempt runs without tenacity's machinery: this sits on the hot path of
+    every reply, and Redis is reachable nearly always.
+    """
+    try:
+        return await fn(*args, **kwargs)
+    except UNREACHABLE as exc:
+        log.warning("redis unreachable (%s: %s); retrying", type(exc).__name__, exc)
+    async for attempt in while_unreachable():
+        with attempt:
+            return await fn(*args, **kwargs)
+    return None  # pragma: no cover - stop_never: AsyncRetrying only ends by returning

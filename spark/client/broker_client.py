@@ -10,7 +10,6 @@ dropped, so exactly one reply reaches each caller.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -19,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from spark.aio import Batcher, cancel_and_wait
 from spark.broker import (
     UNREACHABLE,
     Envelope,
@@ -52,16 +52,20 @@ class BrokerClient:
         self.client_id = client_id or uuid.uuid4().hex
         self._redis: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
+        self._writer: aioredis.Redis | None = None
         self._queues: dict[str, ServiceQueue] = {}
         self._pending: dict[str, asyncio.Future] = {}
-        self._outbox: dict[str, list[tuple[bytes, asyncio.Future]]] = defaultdict(list)
-        self._flushing: asyncio.Task | None = None
+        self._outbox: Batcher[tuple[str, bytes], bytes] = Batcher(self._send)
         self._reader: asyncio.Task | None = None
         self._liveness: dict[str, tuple[float, int]] = {}
         self._seq = 0
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -73,25 +77,26 @@ class BrokerClient:
         if self._reader is None or self._reader.done():
             if self._blocking is None:
                 self._blocking = connect(
-                    self.url, max_connections=1, socket_timeout=READ_BLOCK_SECONDS + 10
+                    self.url,
+                    max_connections=1,
+                    socket_timeout=READ_BLOCK_SECONDS + 10,
+                    dedicated=True,
                 )
             self._reader = asyncio.create_task(self._read_replies(), name="spark-replies")
 
     async def aclose(self) -> None:
         self._closed = True
-        for task in (self._reader, self._flushing):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *UNREACHABLE):
-                    await task
+        await cancel_and_wait(self._reader)
+        await self._outbox.aclose()
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(RpcConnectionError("client closed"))
         self._pending.clear()
-        for client in (self._blocking, self._redis):
+        for client in (self._blocking, self._writer, self._redis):
             if client is not None:
                 await client.aclose()
-        self._redis = self._blocking = None
+        self._redis = self._blocking = self._writer = None
+        self._queues.clear()
 
     async def __aenter__(self) -> BrokerClient:
         return self
@@ -102,7 +107,11 @@ class BrokerClient:
     def queue(self, service: str) -> ServiceQueue:
         q = self._queues.get(service)
         if q is None:
-            q = self._queues[service] = ServiceQueue(self.redis, service)
+            if self._writer is None:
+                # Enqueues leave from one Batcher, one script call at a time: a dedicated
+                # connection spares the pool's bookkeeping on every call.
+                self._writer = connect(self.url, max_connections=1, dedicated=True)
+            q = self._queues[service] = ServiceQueue(self._writer, service)
         return q
 
     # -- calls -------------------------------------------------------------------------
@@ -132,6 +141,7 @@ class BrokerClient:
         state: str | None = None,
         require_workers: bool = False,
         request_id: str | None = None,
+        client_id: str | None = None,
     ) -> Any:
         """Call `service.method` and return its result; raises an RpcError or TransportError."""
         if self._closed:
@@ -154,6 +164,7 @@ class BrokerClient:
             idempotency_key=idempotency_key,
             state=state,
             enqueued_at=time.time(),
+            client=client_id,
         )
         loop = asyncio.get_running_loop()
         reply = loop.create_future()
@@ -178,6 +189,7 @@ class BrokerClient:
         params: Any = None,
         *,
         timeout: float | None = None,
+        deadline: float | None = None,
         idempotency_key: str | None = None,
         state: str | None = None,
     ) -> None:
@@ -186,7 +198,7 @@ class BrokerClient:
             id=self.next_id(),
             method=method,
             params=params,
-            deadline=self.deadline_for(timeout),
+            deadline=self.deadline_for(timeout, deadline),
             idempotency_key=idempotency_key,
             state=state,
             enqueued_at=time.time(),
@@ -194,48 +206,33 @@ class BrokerClient:
         await self._enqueue(service, env.encode())
 
     async def _enqueue(self, service: str, payload: bytes) -> None:
-        accepted = asyncio.get_running_loop().create_future()
-        self._outbox[service].append((payload, accepted))
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush_outbox(), name="spark-enqueue")
-        await accepted
+        await self._outbox.submit((service, payload))
 
-    async def _flush_outbox(self) -> None:
-        """Send what piled up while the previous pipeline was in flight, until none is left."""
-        await asyncio.sleep(0)  # let the calls made in this turn join the batch
-        while self._outbox:
-            batch, self._outbox = self._outbox, defaultdict(list)
-            try:
-                results = await self._send(batch)
-            except UNREACHABLE as exc:
-                error = RpcConnectionError(f"cannot reach the broker at {self.url}: {exc}")
-                for items in batch.values():
-                    for _payload, fut in items:
-                        if not fut.done():
-                            fut.set_exception(error)
-                continue
-            for service, items in batch.items():
-                for (_payload, fut), entry_id in zip(items, results[service], strict=True):
-                    if fut.done():
-                        continue
-                    if entry_id is None:
-                        fut.set_exception(
-                            OverloadedError(
-                                f"service {service!r} has a full backlog", data={"service": service}
-                            )
-                        )
-                    else:
-                        fut.set_result(entry_id)
-
-    async def _send(self, batch: dict[str, list[tuple[bytes, asyncio.Future]]]) -> dict[str, list]:
-        services = list(batch)
-        if len(services) == 1:
-            service = services[0]
-            return {service: await self.queue(service).enqueue([p for p, _ in batch[service]])}
-        replies_ = await asyncio.gather(
-            *(self.queue(s).enqueue([p for p, _ in batch[s]]) for s in services)
-        )
-        return dict(zip(services, replies_, strict=True))
+    async def _send(self, batch: list[tuple[str, bytes]]) -> list[bytes | BaseException]:
+        """Enqueue a batch, one script call per service, in one round trip per service."""
+        by_service: dict[str, list[int]] = defaultdict(list)
+        for i, (service, _payload) in enumerate(batch):
+            by_service[service].append(i)
+        try:
+            answers = await asyncio.gather(
+                *(
+                    self.queue(s).enqueue([batch[i][1] for i in idx])
+                    for s, idx in by_service.items()
+                )
+            )
+        except UNREACHABLE as exc:
+            raise RpcConnectionError(f"cannot reach the broker at {self.url}: {exc}") from exc
+        results: list[bytes | BaseException] = [b""] * len(batch)
+        for (service, idx), ids in zip(by_service.items(), answers, strict=True):
+            for i, entry_id in zip(idx, ids, strict=True):
+                results[i] = (
+                    entry_id
+                    if entry_id is not None
+                    else OverloadedError(
+                        f"service {service!r} has a full backlog", data={"service": service}
+                    )
+                )
+        return results
 
     async def _require_workers(self, service: str) -> None:
         now = time.monotonic()
@@ -265,6 +262,10 @@ class BrokerClient:
                     continue
                 # Answer the first caller before fetching the rest: it has waited longest.
                 self._resolve(first)
+                if len(self._pending) <= 1:
+                    # Only the caller just answered waits (it leaves _pending when it
+                    # resumes): skip the drain's round trip; BLPOP gets anything queued.
+                    continue
                 batch = await replies.drain(self._blocking, self.client_id)
                 while batch:
                     for item in batch:

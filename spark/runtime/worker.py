@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from spark.aio import Batcher, cancel_and_wait
 from spark.broker import (
     UNREACHABLE,
     Entry,
@@ -36,7 +37,7 @@ from spark.broker import (
 )
 from spark.broker.envelope import encode_error, encode_result, retag_reply
 from spark.broker.keys import default_service_name
-from spark.broker.retrying import while_unreachable
+from spark.broker.retrying import until_reachable, while_unreachable
 from spark.context import CallInfo, current_call
 from spark.errors import (
     DeadLetteredError,
@@ -85,7 +86,6 @@ class _Done:
     keep: bool = True
     #: Until when a failed reply write is retried (the caller stops waiting then).
     deadline: float = 0.0
-    attempts: int = 0
 
 
 class Worker:
@@ -95,11 +95,11 @@ class Worker:
         self.url = url
         self.redis: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
+        self._writer: aioredis.Redis | None = None
         self.queue: ServiceQueue | None = None
         self._inflight: dict[bytes, asyncio.Task] = {}
         self._slot_free = asyncio.Event()
-        self._done: list[_Done] = []
-        self._done_ready = asyncio.Event()
+        self._writes: Batcher[_Done, bool] = Batcher(self._write)
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
         #: "serving", then "draining" once it stopped reading (reported in heartbeats).
@@ -125,9 +125,16 @@ class Worker:
         self.redis = connect(self.url, max_connections=8)
         # Blocking reads hold their connection for the whole wait: give them their own.
         self._reader = connect(
-            self.url, max_connections=1, socket_timeout=cfg.read_block_ms / 1000 + 10
+            self.url,
+            max_connections=1,
+            socket_timeout=cfg.read_block_ms / 1000 + 10,
+            dedicated=True,
         )
         self.queue = ServiceQueue(self.redis, cfg.service)
+        # Replies and acks go out from one task, one pipeline at a time: a dedicated
+        # connection spares the pool's bookkeeping on the path every request takes.
+        self._writer = connect(self.url, max_connections=1, dedicated=True)
+        self._writer_queue = ServiceQueue(self._writer, cfg.service)
         async for attempt in while_unreachable():
             with attempt:
                 await self.queue.ensure_group()
@@ -136,7 +143,6 @@ class Worker:
             "worker %s serving %r (concurrency %d)", self.consumer, cfg.service, cfg.concurrency
         )
         self.ready.set()
-        flusher = asyncio.create_task(self._flush_loop(), name="spark-flush")
         side = [
             asyncio.create_task(self._heartbeat_loop(), name="spark-heartbeat"),
             asyncio.create_task(self._lease_loop(), name="spark-lease"),
@@ -150,15 +156,11 @@ class Worker:
                 await self._beat()
             await self._drain()
             self._stopping.set()
-            self._done_ready.set()
-            await flusher
-            for task in side:
-                task.cancel()
-            await asyncio.gather(*side, return_exceptions=True)
+            await cancel_and_wait(*side)
             with contextlib.suppress(*UNREACHABLE):
                 await registry.leave(self.redis, self.queue.keys, self.consumer)
-            await self._reader.aclose()
-            await self.redis.aclose()
+            for client in (self._reader, self._writer, self.redis):
+                await client.aclose()
             log.info("worker %s stopped after %d requests", self.consumer, self.processed)
 
     # -- reading -----------------------------------------------------------------------
@@ -179,9 +181,7 @@ class Worker:
                 await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not read.done():
                     # Stop reading now rather than after the block times out.
-                    read.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, *UNREACHABLE):
-                        await read
+                    await cancel_and_wait(read)
                     await self._adopt_own_pending()
                     return
                 try:
@@ -222,22 +222,44 @@ class Worker:
     async def _run(self, entry: Entry) -> None:
         try:
             done = await self._answer(entry)
+            if done is not None:
+                await self._reply(done)
         except Exception:
             # Only a bug in this module gets here; the entry stays pending and is reclaimed.
             log.exception("worker failed on entry %r", entry.entry_id)
+        finally:
             self._inflight.pop(entry.entry_id, None)
             self._slot_free.set()
-            return
-        if done is not None:
-            self._done.append(done)
-            self._done_ready.set()
+
+    async def _reply(self, done: _Done) -> None:
+        """Write the reply, then acknowledge; retry a write Redis refused until the deadline.
+
+        Meanwhile the entry stays in flight, so its lease is renewed and nobody else runs
+        it. Past the caller's deadline nobody waits for the reply: the entry is left
+        pending, to be reclaimed and answered (or dead-lettered) like any entry of a
+        worker that failed.
+        """
+        delay = 0.05
+        while not await self._writes.submit(done):
+            if time.time() >= done.deadline:
+                log.error(
+                    "giving up writing the reply for %r of %r",
+                    done.entry.entry_id,
+                    self.config.service,
+                )
+                return
+            log.warning(
+                "reply for %r of %r not written; retrying", done.entry.entry_id, self.config.service
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def _answer(self, entry: Entry) -> _Done | None:
         cfg = self.config
         try:
             env = Envelope.decode(entry.raw or b"")
         except InvalidRequestError as exc:
-            await self._dead_letter(entry, exc, None)
+            await self._dead_letter(entry, exc)
             return None
         if entry.deliveries > cfg.max_deliveries:
             err = DeadLetteredError(
@@ -248,7 +270,7 @@ class Worker:
                     "last_error": "the worker handling it stopped before answering",
                 },
             )
-            await self._dead_letter(entry, err, env)
+            await self._dead_letter(entry, err)
             return _Done(entry, env.reply_to, encode_error(env.id, err))
         deadline = env.deadline if env.deadline is not None else time.time() + cfg.default_timeout
         if time.time() >= deadline:
@@ -271,7 +293,7 @@ class Worker:
             request_id=env.id,
             service=cfg.service,
             method=env.method,
-            client_id=env.reply_to,
+            client_id=env.client or env.reply_to,
             deadline=deadline,
             idempotency_key=env.idempotency_key,
             state_namespace=env.state,
@@ -336,28 +358,16 @@ class Worker:
                 )
             await asyncio.sleep(0.05)
 
-    async def _dead_letter(self, entry: Entry, err: RpcError, env: Envelope | None) -> None:
+    async def _dead_letter(self, entry: Entry, err: RpcError) -> None:
         log.error("dead-lettering %r of %r: %s", entry.entry_id, self.config.service, err)
         async for attempt in while_unreachable():
             with attempt:
                 await self.queue.dead_letter(entry, err.to_dict(), self.consumer)
-        if env is None or env.reply_to is None:
-            self._inflight.pop(entry.entry_id, None)
-            self._slot_free.set()
 
     # -- replies and acks ----------------------------------------------------------------
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._done_ready.wait()
-            self._done_ready.clear()
-            batch, self._done = self._done, []
-            if batch:
-                await self._flush(batch)
-            if self._stopping.is_set() and not self._inflight and not self._done:
-                return
-
-    async def _flush(self, batch: list[_Done]) -> None:
+    async def _write(self, batch: list[_Done]) -> list[bool]:
+        """Replies (and stored results) in one pipeline, then acks for those written."""
         cfg = self.config
         with_reply = [d for d in batch if d.reply_to is not None and d.payload is not None]
         stored = [
@@ -365,51 +375,21 @@ class Worker:
             for d in batch
             if d.store_key
         ]
-        async for attempt in while_unreachable():
-            with attempt:
-                ok = await replies.push(
-                    self.redis,
-                    [(d.reply_to, d.payload) for d in with_reply],
-                    stored,
-                    ttl=cfg.reply_ttl,
-                )
-        written = {id(d) for d, good in zip(with_reply, ok, strict=True) if good}
-        finished = [d for d in batch if d.reply_to is None or id(d) in written]
-        async for attempt in while_unreachable():
-            with attempt:
-                await self.queue.finish([d.entry.entry_id for d in finished])
-        for d in finished:
-            self._inflight.pop(d.entry.entry_id, None)
-        self.processed += len(finished)
-        for d in batch:
-            if d.reply_to is not None and id(d) not in written:
-                self._retry_reply(d)
-        self._slot_free.set()
-
-    def _retry_reply(self, done: _Done) -> None:
-        """The reply could not be written (Redis refused the command): try again later.
-
-        The entry stays in flight, so its lease is renewed and nobody else runs it. Past the
-        caller's deadline nobody waits for the reply: the entry is left pending, to be
-        reclaimed and answered (or dead-lettered) like any entry of a worker that failed.
-        """
-        done.attempts += 1
-        if time.time() >= done.deadline:
-            log.error(
-                "giving up writing the reply for %r of %r", done.entry.entry_id, self.config.service
-            )
-            self._inflight.pop(done.entry.entry_id, None)
-            return
-        log.warning(
-            "reply for %r of %r not written; retrying", done.entry.entry_id, self.config.service
+        ok = await until_reachable(
+            replies.push,
+            self._writer,
+            [(d.reply_to, d.payload) for d in with_reply],
+            stored,
+            ttl=cfg.reply_ttl,
         )
-
-        async def later() -> None:
-            await asyncio.sleep(min(0.05 * 2**done.attempts, 2.0))
-            self._done.append(done)
-            self._done_ready.set()
-
-        asyncio.get_running_loop().create_task(later())
+        written = {id(d) for d, good in zip(with_reply, ok, strict=True) if good}
+        finished = [d.reply_to is None or id(d) in written for d in batch]
+        await until_reachable(
+            self._writer_queue.finish,
+            [d.entry.entry_id for d, fin in zip(batch, finished, strict=True) if fin],
+        )
+        self.processed += sum(finished)
+        return finished
 
     # -- leases, reclaiming, heartbeats ------------------------------------------------------
 
@@ -486,14 +466,10 @@ class Worker:
             return
         log.info("draining %d in-flight requests (grace %.1fs)", len(tasks), self.config.grace)
         _done, pending = await asyncio.wait(tasks, timeout=self.config.grace)
-        for task in pending:
-            # Unanswered and unacknowledged: live workers reclaim these entries.
-            task.cancel()
         if pending:
-            await asyncio.wait(pending)
+            # Unanswered and unacknowledged: live workers reclaim these entries.
+            await cancel_and_wait(*pending)
             log.warning("left %d requests to be reclaimed after the grace period", len(pending))
-            for entry_id in [k for k, t in self._inflight.items() if t in pending]:
-                self._inflight.pop(entry_id, None)
 
 
 def service_of(target: Any, service: str | None = None) -> str:

@@ -46,8 +46,11 @@ class WorkerProcess:
         return self.proc.pid
 
     def wait_ready(self, count: int = 1, timeout: float = 15.0) -> WorkerProcess:
-        wait_until(lambda: live_workers(self.url, self.service) >= count or self.proc.poll() is not None,
-                   timeout=timeout, what=f"{count} live worker(s) of {self.service}")
+        wait_until(
+            lambda: live_workers(self.url, self.service) >= count or self.proc.poll() is not None,
+            timeout=timeout,
+            what=f"{count} live worker(s) of {self.service}",
+        )
         if self.proc.poll() is not None:
             raise RuntimeError(f"worker exited with {self.proc.returncode}")
         return self

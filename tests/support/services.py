@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import redis.asyncio as aioredis
 
@@ -46,6 +47,9 @@ class LabRpcNode(RpcNode):
     async def rpc_crash(self, params, context):
         await self._count(params.get("count"))
         os._exit(3)
+
+    async def rpc_stamp(self, params, context):
+        return {"t": time.time()}
 
     async def rpc_whoami(self, params, context):
         return {"pid": os.getpid(), "delivery": context.metadata["rpc"]["delivery"]}

@@ -1,0 +1,96 @@
+"""Small asyncio helpers the layers share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def cancel_and_wait(*tasks: asyncio.Task | None, timeout: float = 10.0) -> None:
+    """Cancel tasks and wait until they are done, cancelling again while they are not.
+
+    redis-py (8.x asyncio) can swallow a cancellation that lands while a reply is being
+    read, so a loop around Redis commands may go on after one `cancel()`. Cancelling
+    again at the next await ends it.
+    """
+    live = {t for t in tasks if t is not None and not t.done()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while live and loop.time() < deadline:
+        for task in live:
+            task.cancel()
+        _done, live = await asyncio.wait(live, timeout=0.05)
+    for task in tasks:
+        if task is not None and task.done() and not task.cancelled():
+            task.exception()  # retrieved: a failure in a task being stopped is not news
+
+
+class Batcher(Generic[T, R]):
+    """Sends items in batches without waiting to fill one.
+
+    The first item goes out at once, alone; items submitted while a send is in flight
+    wait and go out together in the next send. Idle, that is one round trip per item;
+    under load, one round trip per batch, with no timer adding latency.
+
+    `send(items)` returns one result per item; a result that is an exception is raised
+    to that item's submitter. If `send` raises, every submitter of that batch gets it.
+    """
+
+    def __init__(self, send: Callable[[list[T]], Awaitable[list[R | BaseException]]]):
+        self._send = send
+        self._queue: list[tuple[T, asyncio.Future]] = []
+        self._busy = False
+        self._drainer: asyncio.Task | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    async def submit(self, item: T) -> R:
+        if self._busy:
+            fut = asyncio.get_running_loop().create_future()
+            self._queue.append((item, fut))
+            return await fut
+        self._busy = True
+        try:
+            result = (await self._send([item]))[0]
+        finally:
+            self._next()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _next(self) -> None:
+        if self._queue:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        else:
+            self._busy = False
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    results = await self._send([item for item, _ in batch])
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                for (_, fut), result in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        fut.set_exception(result)
+                    else:
+                        fut.set_result(result)
+        finally:
+            self._busy = False
+            for _, fut in self._queue:
+                if not fut.done():
+                    fut.set_exception(RuntimeError("batcher stopped"))
+            self._queue = []
+
+    async def aclose(self) -> None:
+        await cancel_and_wait(self._drainer)

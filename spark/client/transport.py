@@ -1,0 +1,114 @@
+"""The interface every client transport implements (redis, http, websocket).
+
+A transport sends one JSON-RPC call (or notification, or batch) to one service and gives
+back the result, raising the library's exceptions: an `RpcError` subclass for a JSON-RPC
+error answer, `RpcTimeoutError` when the deadline passes, `RpcConnectionError` when the
+broker or edge cannot be reached. Server-pushed notifications go to `on_notification`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from spark.client.broker_client import BrokerClient
+from spark.client.pool import release_client, shared_client
+
+#: Called with (method, params) for every notification the transport receives.
+NotificationHandler = Callable[[str, Any], Awaitable[None] | None]
+
+
+@dataclass(slots=True)
+class Call:
+    """One call of a batch."""
+
+    method: str
+    params: Any = None
+    notify: bool = False
+    idempotency_key: str | None = None
+
+
+@dataclass(slots=True)
+class CallOutcome:
+    """Per-item answer of a batch: a result or an error, never both."""
+
+    result: Any = None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Transport(Protocol):
+    on_notification: NotificationHandler | None
+
+    async def call(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        deadline: float,
+        idempotency_key: str | None = None,
+        state: str | None = None,
+    ) -> Any: ...
+
+    async def notify(
+        self, method: str, params: Any = None, *, deadline: float, state: str | None = None
+    ) -> None: ...
+
+    async def batch(self, calls: list[Call], *, deadline: float) -> list[CallOutcome]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass
+class RedisTransport:
+    """Calls through Redis directly: the shared BrokerClient of this process and URL."""
+
+    url: str | None
+    service: str
+    on_notification: NotificationHandler | None = None
+    _client: BrokerClient | None = field(default=None, init=False, repr=False)
+
+    @property
+    def client(self) -> BrokerClient:
+        if self._client is None:
+            self._client = shared_client(self.url)
+        return self._client
+
+    async def call(self, method, params=None, *, deadline, idempotency_key=None, state=None):
+        return await self.client.call(
+            self.service,
+            method,
+            params,
+            deadline=deadline,
+            idempotency_key=idempotency_key,
+            state=state,
+        )
+
+    async def notify(self, method, params=None, *, deadline, state=None):
+        await self.client.notify(self.service, method, params, deadline=deadline, state=state)
+
+    async def batch(self, calls, *, deadline):
+        async def one(c: Call) -> CallOutcome:
+            try:
+                if c.notify:
+                    await self.notify(c.method, c.params, deadline=deadline)
+                    return CallOutcome()
+                return CallOutcome(
+                    result=await self.call(
+                        c.method, c.params, deadline=deadline, idempotency_key=c.idempotency_key
+                    )
+                )
+            except Exception as exc:  # per-item errors are answers, not failures of the batch
+                return CallOutcome(error=exc)
+
+        return list(await asyncio.gather(*(one(c) for c in calls)))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await release_client(client)
