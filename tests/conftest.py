@@ -7,6 +7,7 @@ clean database on it. Tests that stop or restart Redis make their own `RedisServ
 from __future__ import annotations
 
 import pytest
+
 from support.redis_server import RedisServer
 
 

@@ -29,6 +29,9 @@ class Envelope:
     idempotency_key: str | None = None
     state: str | None = None
     enqueued_at: float | None = None
+    #: Client that notifications about this call target (a WebSocket connection behind the
+    #: edge); None means `reply_to`.
+    client: str | None = None
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {"id": self.id, "method": self.method}
@@ -44,6 +47,8 @@ class Envelope:
             doc["state"] = self.state
         if self.enqueued_at is not None:
             doc["enqueued_at"] = self.enqueued_at
+        if self.client is not None:
+            doc["client"] = self.client
         return orjson.dumps(doc)
 
     @classmethod
@@ -64,7 +69,7 @@ class Envelope:
         deadline = doc.get("deadline")
         if deadline is not None and not isinstance(deadline, int | float):
             raise InvalidRequestError("deadline must be a number")
-        for name in ("reply_to", "idempotency_key", "state"):
+        for name in ("reply_to", "idempotency_key", "state", "client"):
             value = doc.get(name)
             if value is not None and not isinstance(value, str):
                 raise InvalidRequestError(f"{name} must be a string")
@@ -77,6 +82,7 @@ class Envelope:
             idempotency_key=doc.get("idempotency_key"),
             state=doc.get("state"),
             enqueued_at=doc.get("enqueued_at"),
+            client=doc.get("client"),
         )
 
 

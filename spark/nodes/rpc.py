@@ -201,6 +201,28 @@ class RpcNode(Node):
     async def process(self, context: ExecutionContext) -> Any:
         return await RpcNode.invoke(self, context)
 
+    # -- serving -----------------------------------------------------------------------
+
+    async def start_server(self) -> None:
+        """Serve this node on `host:port` (an edge plus an in-process worker).
+
+        Returns once the port accepts requests. Uses `redis_url`, else `$SPARK_REDIS_URL`,
+        else the embedded broker.
+        """
+        from spark.runtime.server import NodeServer
+
+        if getattr(self, "_server", None) is not None:
+            raise RuntimeError(f"{self.name} is already serving")
+        server = NodeServer(self)
+        await server.start()
+        self._server = server
+
+    async def stop_server(self) -> None:
+        """Stop accepting requests, finish those in flight, close the port."""
+        server, self._server = getattr(self, "_server", None), None
+        if server is not None:
+            await server.stop()
+
     # -- notifications ---------------------------------------------------------------
 
     async def broadcast_notification(self, method: str, params: Any = None) -> None:

@@ -1,0 +1,293 @@
+"""`WebSocketTransport`: JSON-RPC over one WebSocket connection to a spark-edge.
+
+Many calls share the connection and are matched to their replies by id (ids are never
+reused on a transport, so a reply that arrives after its caller gave up is recognised and
+dropped; it is never mistaken for a notification, which has no id). Messages with a method
+and no id are server-pushed notifications, given to `on_notification(method, params)`.
+
+When the connection drops, calls waiting on it fail with `RpcConnectionError` (their
+outcome is unknown: retry with an idempotency key); the next call reconnects, backing off
+after consecutive failures. When `on_notification` is set, the transport also reconnects by
+itself in the background so notifications keep coming.
+
+The edge applies its own default timeout to WebSocket calls (or the `?timeout=` given at
+the handshake); the transport stops waiting at each call's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from spark.client.http import CONNECTION_ERRORS, _Base, remaining
+from spark.client.transport import Call, CallOutcome
+from spark.errors import RpcConnectionError, RpcError, RpcTimeoutError, UnauthorizedError
+from spark.protocol import ProtocolError, Request, encode_batch, encode_notification
+from spark.protocol import encode_request as _encode_request
+
+log = logging.getLogger("spark.client.ws")
+
+CLIENT_ID_HEADER = "X-Spark-Client-Id"
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 5.0
+
+
+def backoff(failures: int) -> float:
+    return min(BACKOFF_MIN * 2 ** max(failures - 1, 0), BACKOFF_MAX)
+
+
+class WebSocketTransport(_Base):
+    def __init__(self, endpoint: str, *, heartbeat: float | None = 20.0, **kwargs: Any):
+        super().__init__(endpoint, **kwargs)
+        self.heartbeat = heartbeat
+        #: The id the edge gave this connection (targeted notifications reach it).
+        self.client_id: str | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task | None = None
+        self._reconnector: asyncio.Task | None = None
+        self._lock: asyncio.Lock | None = None
+        self._pending: dict[int, asyncio.Future] = {}
+        self._failures = 0
+        self._next_attempt = 0.0
+        #: Replies that matched no waiting call (late or unknown ids), dropped.
+        self.dropped_replies = 0
+        #: Connections opened so far (1 + reconnects).
+        self.connections = 0
+
+    # -- connection ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    async def connect(self, deadline: float | None = None) -> aiohttp.ClientWebSocketResponse:
+        """The open connection, opening it first if needed (one attempt, after any backoff)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.connected:
+                return self._ws
+            wait = self._next_attempt - time.monotonic()
+            if wait > 0:
+                if deadline is not None and time.time() + wait >= deadline:
+                    raise RpcConnectionError(
+                        f"cannot reach {self.ws_url}: still backing off after "
+                        f"{self._failures} failed attempt(s)"
+                    )
+                await asyncio.sleep(wait)
+            left = None if deadline is None else remaining(deadline)
+            try:
+                async with asyncio.timeout(left):
+                    ws = await self.session.ws_connect(
+                        self.ws_url,
+                        heartbeat=self.heartbeat,
+                        timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                        max_msg_size=0,
+                    )
+            except TimeoutError:
+                self._failed()
+                raise RpcTimeoutError(f"no handshake from {self.ws_url} in time") from None
+            except aiohttp.WSServerHandshakeError as exc:
+                self._failed()
+                if exc.status == 401:
+                    raise UnauthorizedError(f"{self.ws_url} refused the credentials") from exc
+                raise RpcConnectionError(f"cannot open {self.ws_url}: {exc}") from exc
+            except CONNECTION_ERRORS as exc:
+                self._failed()
+                raise RpcConnectionError(f"cannot reach {self.ws_url}: {exc}") from exc
+            self._failures = 0
+            self.connections += 1
+            self._ws = ws
+            response = getattr(ws, "_response", None)  # aiohttp keeps the handshake private
+            self.client_id = response.headers.get(CLIENT_ID_HEADER) if response else None
+            self._reader = asyncio.create_task(self._read(ws), name="spark-ws-reader")
+            return ws
+
+    def _failed(self) -> None:
+        self._failures += 1
+        self._next_attempt = time.monotonic() + backoff(self._failures)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
+                    await self._received(msg.data)
+                elif msg.type is aiohttp.WSMsgType.ERROR:
+                    break
+        finally:
+            self._lost(ws)
+
+    def _lost(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if self._ws is ws:
+            self._ws = None
+        error = RpcConnectionError(f"connection to {self.ws_url} closed")
+        for fut in list(self._pending.values()):
+            if not fut.done():
+                fut.set_exception(error)
+        self._pending.clear()
+        if not self._closed and self.on_notification is not None:
+            self._failed()
+            if self._reconnector is None or self._reconnector.done():
+                self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Keep a connection open for notifications, backing off while the edge is away."""
+        while not self._closed and not self.connected:
+            try:
+                await self.connect()
+            except (RpcError, RpcConnectionError) as exc:
+                log.debug("reconnecting to %s failed: %s", self.ws_url, exc)
+
+    async def _received(self, data: str | bytes) -> None:
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.warning("dropping a message from %s that is not JSON", self.ws_url)
+            return
+        for item in doc if isinstance(doc, list) else (doc,):
+            if not isinstance(item, dict):
+                continue
+            if "id" in item and ("result" in item or "error" in item):
+                self._resolve(item)
+            elif "method" in item and "id" not in item:
+                await self._notify(item.get("method"), item.get("params"))
+
+    def _resolve(self, item: dict[str, Any]) -> None:
+        fut = self._pending.pop(item["id"], None) if _hashable(item["id"]) else None
+        if fut is None or fut.done():
+            self.dropped_replies += 1
+            return
+        fut.set_result(item)
+
+    async def _notify(self, method: Any, params: Any) -> None:
+        handler = self.on_notification
+        if handler is None or not isinstance(method, str):
+            return
+        try:
+            result = handler(method, params)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("notification handler failed for %r", method)
+
+    # -- calls ---------------------------------------------------------------------------
+
+    async def _send(self, payload: bytes, deadline: float) -> None:
+        ws = await self.connect(deadline)
+        try:
+            await ws.send_str(payload.decode())
+        except (*CONNECTION_ERRORS, RuntimeError) as exc:
+            raise RpcConnectionError(f"sending to {self.ws_url} failed: {exc}") from exc
+
+    async def _wait(self, futures: dict[int, asyncio.Future], deadline: float) -> list[dict]:
+        left = remaining(deadline)
+        try:
+            async with asyncio.timeout(left):
+                return list(await asyncio.gather(*futures.values()))
+        except TimeoutError:
+            raise RpcTimeoutError(f"no reply from {self.ws_url} within {left:.3g}s") from None
+        finally:
+            for rid in futures:
+                self._pending.pop(rid, None)
+
+    async def call(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        deadline: float,
+        idempotency_key: str | None = None,
+        state: str | None = None,
+    ) -> Any:
+        remaining(deadline)
+        rid = self.next_id()
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            await self._send(_encode_request(method, params, id=rid), deadline)
+            (reply,) = await self._wait({rid: fut}, deadline)
+        finally:
+            self._pending.pop(rid, None)
+        return _unwrap(reply)
+
+    async def notify(
+        self, method: str, params: Any = None, *, deadline: float, state: str | None = None
+    ) -> None:
+        await self._send(encode_notification(method, params), deadline)
+
+    async def batch(self, calls: list[Call], *, deadline: float) -> list[CallOutcome]:
+        if not calls:
+            return []
+        loop = asyncio.get_running_loop()
+        items, ids, futures = [], [], {}
+        for c in calls:
+            if c.notify:
+                items.append(Request.notification(c.method, c.params))
+                ids.append(None)
+            else:
+                rid = self.next_id()
+                items.append(Request(c.method, c.params, rid))
+                ids.append(rid)
+                futures[rid] = self._pending[rid] = loop.create_future()
+        try:
+            await self._send(encode_batch(items), deadline)
+            replies = dict(zip(futures, await self._wait(futures, deadline), strict=True))
+        except Exception as exc:
+            for rid in futures:
+                self._pending.pop(rid, None)
+            return [CallOutcome() if rid is None else CallOutcome(error=exc) for rid in ids]
+        outcomes = []
+        for rid in ids:
+            if rid is None:
+                outcomes.append(CallOutcome())
+                continue
+            try:
+                outcomes.append(CallOutcome(result=_unwrap(replies[rid])))
+            except RpcError as exc:
+                outcomes.append(CallOutcome(error=exc))
+        return outcomes
+
+    @property
+    def pending(self) -> int:
+        """Calls waiting for a reply on this transport."""
+        return len(self._pending)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for task in (self._reconnector,):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._ws is not None:
+            ws, self._ws = self._ws, None
+            with contextlib.suppress(Exception):
+                await ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(RpcConnectionError("transport closed"))
+        self._pending.clear()
+        await super().aclose()
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def _unwrap(item: dict[str, Any]) -> Any:
+    if "error" in item:
+        err = item["error"]
+        if not isinstance(err, dict):
+            raise ProtocolError("error is not an object")
+        raise RpcError.from_dict(err)
+    return item.get("result")

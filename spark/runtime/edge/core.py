@@ -1,0 +1,275 @@
+"""The edge's state and its one job: run a JSON-RPC body against a service through Redis.
+
+One `BrokerClient` per edge serves every HTTP request and WebSocket connection. The
+caller's JSON-RPC ids stay here: the broker uses its own request ids and `encode_reply`
+puts the caller's ids back. A batch's requests run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+
+from spark.broker import UNREACHABLE, connect, registry, resolve_url
+from spark.broker.keys import NOTIFY_PATTERN, ServiceKeys, check_name
+from spark.broker.notify import Notification, NotificationListener
+from spark.client.broker_client import BrokerClient
+from spark.errors import (
+    InternalError,
+    OverloadedError,
+    RpcError,
+    ServiceUnavailableError,
+    TransportError,
+)
+from spark.protocol import Parsed, Request, Response, encode_reply, parse_body
+from spark.runtime.edge.config import EdgeConfig
+from spark.runtime.edge.metrics import EdgeMetrics
+from spark.runtime.edge.security import TokenCheck
+
+if TYPE_CHECKING:
+    from spark.runtime.edge.websocket import WsConnection
+
+log = logging.getLogger("spark.edge")
+
+#: Longest idempotency key accepted (it becomes part of a Redis key).
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def valid_service(name: str) -> bool:
+    try:
+        check_name("service name", name)
+    except ValueError:
+        return False
+    return True
+
+
+class Edge:
+    """Everything one edge process shares: the broker client, metrics, WebSocket clients."""
+
+    def __init__(self, config: EdgeConfig):
+        self.config = config.check()
+        self.url = resolve_url(config.redis_url)
+        self.metrics = EdgeMetrics()
+        self.tokens = TokenCheck(config.auth_tokens)
+        self.client: BrokerClient | None = None
+        self.redis: aioredis.Redis | None = None
+        self.listener: NotificationListener | None = None
+        #: Open WebSocket connections by client id, and by the service they are connected to.
+        self.sockets: dict[str, WsConnection] = {}
+        self.by_service: dict[str, set[WsConnection]] = defaultdict(set)
+
+    # -- lifecycle (an aiohttp cleanup context) ------------------------------------------------
+
+    async def open(self) -> None:
+        self.client = BrokerClient(self.url)
+        self.redis = connect(self.url, max_connections=4)
+        self.listener = NotificationListener(
+            self.url, self.on_notification, patterns=[NOTIFY_PATTERN]
+        )
+        # Bounded wait: with Redis down the edge still starts (and /health says 503).
+        await self.listener.start(timeout=5.0)
+
+    async def close_sockets(self) -> None:
+        for conn in list(self.sockets.values()):
+            await conn.close(going_away=True)
+
+    async def close(self) -> None:
+        await self.close_sockets()
+        if self.listener is not None:
+            await self.listener.aclose()
+        if self.client is not None:
+            await self.client.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def cleanup_ctx(self, app: Any):
+        await self.open()
+        yield
+        await self.close()
+
+    # -- WebSocket registry --------------------------------------------------------------
+
+    def register(self, conn: WsConnection) -> None:
+        self.sockets[conn.client_id] = conn
+        self.by_service[conn.service].add(conn)
+        self.metrics.ws_clients.inc(conn.service)
+
+    def unregister(self, conn: WsConnection) -> None:
+        if self.sockets.pop(conn.client_id, None) is None:
+            return
+        group = self.by_service.get(conn.service)
+        if group is not None:
+            group.discard(conn)
+            if not group:
+                del self.by_service[conn.service]
+        self.metrics.ws_clients.dec(conn.service)
+
+    def on_notification(self, note: Notification) -> None:
+        """Route one notification from Redis to the WebSocket connections it is for."""
+        if note.client_id is not None:
+            conn = self.sockets.get(note.client_id)
+            targets = [conn] if conn is not None else []
+        elif note.service is not None and note.channel == _service_channel(note.service):
+            targets = list(self.by_service.get(note.service, ()))
+        else:
+            targets = []
+        if not targets:
+            return
+        payload = note.to_jsonrpc().decode()
+        for conn in targets:
+            kind = "forwarded" if conn.push(payload) else "dropped"
+            self.metrics.notifications.inc(kind)
+
+    # -- running bodies ------------------------------------------------------------------
+
+    def timeout_for(self, requested: str | None) -> float:
+        """The edge's default, or the caller's (shorter) budget in seconds."""
+        default = self.config.request_timeout
+        if not requested:
+            return default
+        try:
+            value = float(requested)
+        except ValueError:
+            return default
+        if not value > 0:  # also rejects NaN
+            return default
+        return min(value, default)
+
+    def parse(self, data: bytes) -> Parsed:
+        return parse_body(data, max_batch=self.config.max_batch)
+
+    async def run(
+        self,
+        service: str,
+        parsed: Parsed,
+        *,
+        transport: str,
+        timeout: float,
+        idempotency_key: str | None = None,
+        client_id: str | None = None,
+    ) -> bytes | None:
+        """The reply body for `parsed` (None when nothing is to be sent back)."""
+        for item in parsed.items:
+            if isinstance(item, Response):
+                self.metrics.record(service, "-", transport, str(item.error["code"]), None)
+        requests = parsed.requests
+        if not requests:
+            return encode_reply(parsed, [])
+        deadline = time.time() + timeout
+        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            idempotency_key = None
+        if len(requests) == 1:
+            outcomes = [
+                await self.one(
+                    service, requests[0], transport, deadline, idempotency_key, client_id
+                )
+            ]
+        else:
+            outcomes = await asyncio.gather(
+                *(
+                    self.one(
+                        service,
+                        req,
+                        transport,
+                        deadline,
+                        f"{idempotency_key}:{i}" if idempotency_key else None,
+                        client_id,
+                    )
+                    for i, req in enumerate(requests)
+                )
+            )
+        return encode_reply(parsed, outcomes)
+
+    def overloaded(self, service: str, parsed: Parsed, transport: str) -> bytes | None:
+        """The reply refusing every request of `parsed` (too many in flight)."""
+        err = OverloadedError("too many requests in flight on this connection")
+        for req in parsed.requests:
+            self.metrics.record(service, req.method, transport, str(err.code), None)
+        return encode_reply(parsed, [err] * len(parsed.requests))
+
+    async def one(
+        self,
+        service: str,
+        req: Request,
+        transport: str,
+        deadline: float,
+        idempotency_key: str | None,
+        client_id: str | None,
+    ) -> Any:
+        """One request's outcome: a result or an exception (returned, never raised)."""
+        assert self.client is not None
+        started = time.perf_counter()
+        code = "ok"
+        outcome: Any = None
+        self.metrics.inflight.inc(transport)
+        try:
+            if req.is_notification:
+                await self.client.notify(
+                    service, req.method, req.params, deadline=deadline, idempotency_key=None
+                )
+            else:
+                outcome = await self.client.call(
+                    service,
+                    req.method,
+                    req.params,
+                    deadline=deadline,
+                    idempotency_key=idempotency_key,
+                    require_workers=True,
+                    client_id=client_id,
+                )
+        except RpcError as exc:
+            outcome, code = exc, str(exc.code)
+        except (TransportError, *UNREACHABLE) as exc:
+            log.warning("broker unreachable for %s.%s: %s", service, req.method, exc)
+            outcome = ServiceUnavailableError(
+                "the message broker is unreachable", data={"service": service}
+            )
+            code = str(outcome.code)
+        except Exception:
+            log.exception("edge failed on %s.%s", service, req.method)
+            outcome = InternalError()
+            code = str(outcome.code)
+        finally:
+            self.metrics.inflight.dec(transport)
+        if req.is_notification:
+            if code != "ok":
+                log.warning("notification %s.%s not delivered: %s", service, req.method, outcome)
+            self.metrics.record(service, req.method, transport, code, None)
+            return None
+        self.metrics.record(service, req.method, transport, code, time.perf_counter() - started)
+        return outcome
+
+    # -- health --------------------------------------------------------------------------
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        assert self.redis is not None
+        doc: dict[str, Any] = {
+            "default_service": self.config.default_service,
+            "websocket_clients": len(self.sockets),
+        }
+        try:
+            async with asyncio.timeout(2.0):
+                await self.redis.ping()
+                names = await registry.services(self.redis)
+                if self.config.default_service and self.config.default_service not in names:
+                    names.append(self.config.default_service)
+                counts = [
+                    await registry.live_count(self.redis, ServiceKeys.for_service(n)) for n in names
+                ]
+        except (TimeoutError, *UNREACHABLE) as exc:
+            doc.update(status="unavailable", redis="unreachable", error=str(exc) or "timeout")
+            return False, doc
+        doc.update(status="ok", redis="ok", services=dict(zip(names, counts, strict=True)))
+        return True, doc
+
+
+def _service_channel(service: str) -> str | None:
+    try:
+        return ServiceKeys.for_service(service).notify
+    except ValueError:
+        return None

@@ -1,0 +1,133 @@
+"""JSON-RPC over one WebSocket connection.
+
+Each message (a request, a notification or a batch) runs as its own task, so many
+requests are in flight at once and each answer is sent as soon as it is ready. One writer
+task per connection sends answers and server-pushed notifications in order. Each
+connection has a client id (sent in the handshake's `X-Spark-Client-Id` header); calls made
+on it carry that id, so a handler's `send_notification_to_client(context.metadata["rpc"]
+["client_id"], ...)` reaches this connection. When the client goes away its requests still
+in flight are cancelled: their late replies are dropped by the broker client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from spark.runtime.edge.core import Edge
+
+log = logging.getLogger("spark.edge")
+
+CLIENT_ID_HEADER = "X-Spark-Client-Id"
+
+
+class WsConnection:
+    def __init__(self, edge: Edge, ws: web.WebSocketResponse, service: str, timeout: float):
+        self.edge = edge
+        self.ws = ws
+        self.service = service
+        self.timeout = timeout
+        self.client_id = uuid.uuid4().hex
+        self.tasks: set[asyncio.Task] = set()
+        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._writer: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write(), name=f"spark-ws-{self.client_id}")
+
+    # -- outgoing ------------------------------------------------------------------------
+
+    def push(self, text: str) -> bool:
+        """Queue a notification; False (dropped) when the client does not keep up."""
+        if self.ws.closed or self._outbox.qsize() >= self.edge.config.ws_max_queued:
+            return False
+        self._outbox.put_nowait(text)
+        return True
+
+    async def _write(self) -> None:
+        while True:
+            text = await self._outbox.get()
+            if text is None:
+                return
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError) as exc:
+                log.debug("websocket %s: send failed (%s)", self.client_id, exc)
+                return
+
+    # -- incoming ------------------------------------------------------------------------
+
+    def received(self, data: bytes | str) -> None:
+        parsed = self.edge.parse(data)
+        if parsed.requests and len(self.tasks) >= self.edge.config.ws_max_inflight:
+            body = self.edge.overloaded(self.service, parsed, "websocket")
+            if body is not None:
+                self._outbox.put_nowait(body.decode())
+            return
+        task = asyncio.create_task(self._answer(parsed))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, parsed) -> None:
+        body = await self.edge.run(
+            self.service,
+            parsed,
+            transport="websocket",
+            timeout=self.timeout,
+            client_id=self.client_id,
+        )
+        if body is not None and not self.ws.closed:
+            self._outbox.put_nowait(body.decode())
+
+    # -- closing -------------------------------------------------------------------------
+
+    async def close(self, *, going_away: bool = False) -> None:
+        if going_away and not self.ws.closed:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+    async def finish(self) -> None:
+        """After the socket closed: cancel what is still running, stop the writer."""
+        self.edge.unregister(self)
+        pending = list(self.tasks)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._outbox.put_nowait(None)
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+
+async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web.StreamResponse:
+    """The handshake is done; run the connection until either side closes it."""
+    cfg = edge.config
+    ws = web.WebSocketResponse(
+        heartbeat=cfg.ws_heartbeat,
+        max_msg_size=cfg.max_body_bytes,
+        autoping=True,
+    )
+    timeout = edge.timeout_for(
+        request.headers.get("X-Spark-Timeout") or request.query.get("timeout")
+    )
+    conn = WsConnection(edge, ws, service, timeout)
+    ws.headers[CLIENT_ID_HEADER] = conn.client_id
+    await ws.prepare(request)
+    edge.register(conn)
+    conn.start()
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                conn.received(msg.data)
+            elif msg.type is WSMsgType.ERROR:
+                log.info("websocket %s closed: %s", conn.client_id, ws.exception())
+                break
+    finally:
+        await conn.finish()
+    return ws
