@@ -6,6 +6,9 @@ clean database on it. Tests that stop or restart Redis make their own `RedisServ
 
 from __future__ import annotations
 
+import re
+import uuid
+
 import pytest
 
 from support.redis_server import RedisServer
@@ -35,4 +38,6 @@ def redis_url(redis_server) -> str:
 @pytest.fixture
 def memory_url(request) -> str:
     """A private embedded broker for one test."""
-    return f"memory://{request.node.name}"
+    # Unique per test (not per function name) and in the keys alphabet.
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.nodeid)
+    return f"memory://{safe}-{uuid.uuid4().hex[:8]}"

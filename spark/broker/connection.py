@@ -9,9 +9,11 @@ library runs with nothing installed.
 from __future__ import annotations
 
 import os
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 ENV_URL = "SPARK_REDIS_URL"
 MEMORY_URL = "memory://"
@@ -40,7 +42,8 @@ def is_memory(url: str) -> bool:
 def _memory_server(url: str):
     import fakeredis
 
-    name = urlparse(url).netloc or urlparse(url).path.strip("/") or "default"
+    # Not urlparse: a name is free text (test ids hold brackets, which read as IPv6).
+    name = url.split(":", 1)[1].lstrip("/").strip() or "default"
     server = _memory_servers.get(name)
     if server is None:
         server = _memory_servers[name] = fakeredis.FakeServer()
@@ -74,14 +77,29 @@ def connect(
         socket_timeout=socket_timeout,
         socket_connect_timeout=5.0,
         health_check_interval=30,
+        # One quick retry inside redis-py; the callers own the longer retry policies.
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
     )
-    return aioredis.Redis(connection_pool=pool, single_connection_client=dedicated)
+    client = aioredis.Redis(connection_pool=pool, single_connection_client=dedicated)
+    # The pool is this client's alone: close its connections with it (as Redis.from_pool).
+    client.auto_close_connection_pool = True
+    return client
 
 
 def describe(url: str) -> str:
     """The URL without its password, for logs and status output."""
+    if is_memory(url):
+        return url
     parsed = urlparse(url)
+    secret_query = any(k.lower() in ("password", "username") for k, _ in parse_qsl(parsed.query))
+    if not parsed.password and not secret_query:
+        return url
     if parsed.password:
-        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
-        return parsed._replace(netloc=netloc).geturl()
-    return url
+        parsed = parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@"))
+    if secret_query:
+        query = [
+            (k, "***" if k.lower() in ("password", "username") else v)
+            for k, v in parse_qsl(parsed.query, keep_blank_values=True)
+        ]
+        parsed = parsed._replace(query=urlencode(query, safe="*"))
+    return parsed.geturl()

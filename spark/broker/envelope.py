@@ -86,12 +86,33 @@ class Envelope:
         )
 
 
+def reply_address(raw: bytes) -> tuple[str, str] | None:
+    """(request id, reply_to) of an envelope too malformed to decode, when they can be read.
+
+    Lets a worker tell the caller its request was invalid instead of leaving it to time out.
+    """
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(doc, dict):
+        rid, reply_to = doc.get("id"), doc.get("reply_to")
+        if isinstance(rid, str) and isinstance(reply_to, str):
+            return rid, reply_to
+    return None
+
+
 def encode_result(request_id: str, result: Any) -> bytes:
     return orjson.dumps({"id": request_id, "result": result})
 
 
 def encode_error(request_id: str, error: RpcError) -> bytes:
-    return orjson.dumps({"id": request_id, "error": error.to_dict()})
+    try:
+        return orjson.dumps({"id": request_id, "error": error.to_dict()})
+    except TypeError:
+        # The error's data is not JSON: the caller still gets the code and message.
+        doc = {"code": error.code, "message": error.message, "data": {"note": "data not JSON"}}
+        return orjson.dumps({"id": request_id, "error": doc})
 
 
 def retag_reply(stored: bytes, request_id: str) -> bytes:

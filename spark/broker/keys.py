@@ -24,7 +24,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 def check_name(kind: str, name: str) -> str:
     """Service names and client ids end up in keys and URLs: keep them to a safe alphabet."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
             f"invalid {kind} {name!r}: use 1-64 characters from A-Z a-z 0-9 _ . - "
             "starting with a letter or digit"
@@ -44,7 +44,9 @@ def default_service_name(class_name: str) -> str:
         if name.endswith(suffix) and len(name) > len(suffix):
             name = name[: -len(suffix)]
             break
-    return _WORDS.sub("-", name).replace("_", "-").lower()
+    name = _WORDS.sub("-", name).replace("_", "-").lower()
+    name = re.sub(r"[^a-z0-9.\-]+", "-", name)
+    return re.sub(r"-{2,}", "-", name).strip("-.")[:64].rstrip("-.") or "service"
 
 
 @dataclass(frozen=True, slots=True)

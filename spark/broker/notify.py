@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from spark.aio import cancel_and_wait
 from spark.broker import UNREACHABLE
 from spark.broker.connection import connect
 from spark.broker.keys import ServiceKeys, client_channel
@@ -149,11 +150,8 @@ class NotificationListener:
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def __aenter__(self) -> NotificationListener:
         return await self.start()

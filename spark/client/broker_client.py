@@ -31,6 +31,7 @@ from spark.broker import (
 from spark.broker.envelope import decode_reply
 from spark.context import inherited_deadline
 from spark.errors import (
+    InvalidParamsError,
     OverloadedError,
     RpcConnectionError,
     RpcTimeoutError,
@@ -44,6 +45,14 @@ DEFAULT_TIMEOUT = 30.0
 LIVENESS_CACHE_SECONDS = 1.0
 #: Seconds one BLPOP waits; bounds how long the reader takes to notice it should stop.
 READ_BLOCK_SECONDS = 1.0
+
+
+def check_params(params: Any) -> None:
+    """JSON-RPC params are an object, an array or absent; refuse anything else up front."""
+    if params is not None and not isinstance(params, dict | list):
+        raise InvalidParamsError(
+            "params must be an object or an array", data={"type": type(params).__name__}
+        )
 
 
 class BrokerClient:
@@ -146,6 +155,7 @@ class BrokerClient:
         """Call `service.method` and return its result; raises an RpcError or TransportError."""
         if self._closed:
             raise RpcConnectionError("client closed")
+        check_params(params)
         deadline = self.deadline_for(timeout, deadline)
         remaining = deadline - time.time()
         if remaining <= 0:
@@ -194,6 +204,7 @@ class BrokerClient:
         state: str | None = None,
     ) -> None:
         """Enqueue a notification: it runs, nobody is answered. Returns once Redis has it."""
+        check_params(params)
         env = Envelope(
             id=self.next_id(),
             method=method,

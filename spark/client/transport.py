@@ -9,10 +9,13 @@ broker or edge cannot be reached. Server-pushed notifications go to `on_notifica
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from spark.broker.keys import ServiceKeys, client_channel
+from spark.broker.notify import Notification, NotificationListener
 from spark.client.broker_client import BrokerClient
 from spark.client.pool import release_client, shared_client
 
@@ -72,6 +75,7 @@ class RedisTransport:
     service: str
     on_notification: NotificationHandler | None = None
     _client: BrokerClient | None = field(default=None, init=False, repr=False)
+    _listener: NotificationListener | None = field(default=None, init=False, repr=False)
 
     @property
     def client(self) -> BrokerClient:
@@ -79,7 +83,32 @@ class RedisTransport:
             self._client = shared_client(self.url)
         return self._client
 
+    async def _listen(self) -> None:
+        """Forward this service's broadcasts and this client's notifications, once asked to."""
+        if self.on_notification is None or self._listener is not None:
+            return
+        handler = self.on_notification
+
+        async def forward(note: Notification) -> None:
+            if note.client_id is None and note.service != self.service:
+                return
+            result = handler(note.method, note.params)
+            if inspect.isawaitable(result):
+                await result
+
+        self._listener = NotificationListener(
+            self.client.url,
+            forward,
+            channels=[
+                client_channel(self.client.client_id),
+                ServiceKeys.for_service(self.service).notify,
+            ],
+        )
+        # Bounded: with Redis down the call itself should fail, not wait on the listener.
+        await self._listener.start(timeout=1.0)
+
     async def call(self, method, params=None, *, deadline, idempotency_key=None, state=None):
+        await self._listen()
         return await self.client.call(
             self.service,
             method,
@@ -90,6 +119,7 @@ class RedisTransport:
         )
 
     async def notify(self, method, params=None, *, deadline, state=None):
+        await self._listen()
         await self.client.notify(self.service, method, params, deadline=deadline, state=state)
 
     async def batch(self, calls, *, deadline):
@@ -109,6 +139,9 @@ class RedisTransport:
         return list(await asyncio.gather(*(one(c) for c in calls)))
 
     async def aclose(self) -> None:
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.aclose()
         if self._client is not None:
             client, self._client = self._client, None
             await release_client(client)

@@ -105,7 +105,8 @@ class RpcNode(Node):
 
     # -- dispatch ----------------------------------------------------------------------
 
-    def rpc_methods(self) -> list[str]:
+    def list_methods(self) -> list[str]:
+        """The methods this node answers (its `rpc_*` handlers, without the prefix)."""
         return sorted(
             name[len(PREFIX) :]
             for name in dir(type(self))

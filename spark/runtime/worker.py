@@ -35,7 +35,7 @@ from spark.broker import (
     replies,
     resolve_url,
 )
-from spark.broker.envelope import encode_error, encode_result, retag_reply
+from spark.broker.envelope import encode_error, encode_result, reply_address, retag_reply
 from spark.broker.keys import default_service_name
 from spark.broker.retrying import until_reachable, while_unreachable
 from spark.context import CallInfo, current_call
@@ -260,7 +260,10 @@ class Worker:
             env = Envelope.decode(entry.raw or b"")
         except InvalidRequestError as exc:
             await self._dead_letter(entry, exc)
-            return None
+            address = reply_address(entry.raw or b"")
+            if address is None:
+                return None
+            return _Done(entry, address[1], encode_error(address[0], exc))
         if entry.deliveries > cfg.max_deliveries:
             err = DeadLetteredError(
                 f"request delivered {entry.deliveries - 1} times without an answer; dead-lettered",
@@ -495,11 +498,13 @@ async def run_worker(
     """
     url = resolve_url(url)
     host = ServiceHost(url)
+    name = service_of(target, service)
     if hasattr(target, "runtime"):
         target.runtime = host
-    worker = Worker(
-        target.handle_rpc, WorkerConfig(service=service_of(target, service), **options), url
-    )
+    if hasattr(target, "service"):
+        # Served under this name: its notifications go to this service's clients.
+        target.service = name
+    worker = Worker(target.handle_rpc, WorkerConfig(service=name, **options), url)
     serving = asyncio.create_task(worker.serve())
     try:
         started = asyncio.create_task(worker.ready.wait())

@@ -51,6 +51,23 @@ class LabRpcNode(RpcNode):
     async def rpc_stamp(self, params, context):
         return {"t": time.time()}
 
+    async def rpc_announce(self, params, context):
+        """A broadcast to every client of the service, and a note to the caller alone."""
+        await self.broadcast_notification("announced", {"text": params.get("text")})
+        await self.send_notification_to_client(
+            context.metadata["rpc"]["client_id"], "just_for_you", {"text": params.get("text")}
+        )
+        return {"announced": True}
+
+    async def rpc_state_incr(self, params, context):
+        """Uses the caller's GraphState (shared through Redis) with no setup of its own."""
+        state = context.graph_state
+        if state is None:
+            return {"state": None}
+        value = await state.increment(params.get("key", "hits"))
+        await state.set(f"seen_by_{os.getpid()}", True)
+        return {"value": value}
+
     async def rpc_whoami(self, params, context):
         return {"pid": os.getpid(), "delivery": context.metadata["rpc"]["delivery"]}
 
@@ -60,3 +77,11 @@ class UpperNode(Node):
 
     async def process(self, context):
         return {"text": str(context.inputs.content.get("text", "")).upper()}
+
+
+class StepRpcNode(RpcNode):
+    """A chain step: `process` adds its name to the trail and reports success."""
+
+    async def rpc_process(self, params, context):
+        trail = [*params.get("trail", []), self.service]
+        return {"trail": trail, "success": True, "pid": os.getpid()}

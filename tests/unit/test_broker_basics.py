@@ -310,10 +310,6 @@ def test_check_name_rejects(name):
         check_name("service name", name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: keys._NAME uses `$`, which matches before a trailing newline; use fullmatch",
-)
 @pytest.mark.parametrize("name", ["svc\n", "a" * 64 + "\n"])
 def test_check_name_rejects_trailing_newline(name):
     with pytest.raises(ValueError):
@@ -373,10 +369,6 @@ def test_describe_hides_passwords(url, shown):
     assert describe(url) == shown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: describe() leaves `?password=` in the query visible; redis-py accepts it",
-)
 def test_describe_hides_password_query_argument():
     assert "hunter2" not in describe("redis://host:6379/0?password=hunter2")
 
@@ -393,11 +385,6 @@ async def test_memory_urls_with_the_same_name_share_one_broker(url):
             await c.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: connection._memory_server parses the name with urlparse, which raises "
-    "ValueError on brackets (conftest memory_url of a parametrized test)",
-)
 async def test_memory_url_with_brackets_connects():
     client = connect(f"memory://test_case[param-{uuid.uuid4().hex[:6]}]")
     try:

@@ -323,26 +323,18 @@ async def test_non_string_methods_are_not_found(method):
     assert node.ran == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RpcNode.rpc_methods (a framework helper) is itself an rpc_* attribute, so "
-    "method 'methods' resolves to it (InvalidParams instead of MethodNotFound)",
-)
 async def test_framework_helper_rpc_methods_is_not_a_method():
     node = UserRpcNode()
     with pytest.raises(MethodNotFoundError):
         await node.dispatch("methods", {}, ctx())
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: RpcNode.rpc_methods() lists itself as method 'methods'"
-)
 def test_rpc_methods_lists_only_user_handlers():
-    assert RpcNode().rpc_methods() == []
+    assert RpcNode().list_methods() == []
 
 
 def test_rpc_methods_lists_handlers():
-    names = set(UserRpcNode().rpc_methods())
+    names = set(UserRpcNode().list_methods())
     assert {"user_create", "add", "sync_echo", "fail", "reject", "meta"} <= names
     assert "not_callable" not in names
 
@@ -840,7 +832,7 @@ async def test_seed_customer_service_dispatch_and_handle_rpc():
     )
     assert updated == {"id": 1, "name": "Ada L."}
     assert await node.dispatch("get-customer", {"customer_id": 1}, ctx()) == updated
-    assert {"get_customer", "update_customer"} <= set(node.rpc_methods())
+    assert {"get_customer", "update_customer"} <= set(node.list_methods())
 
 
 async def test_seed_customer_service_in_a_graph():
@@ -936,11 +928,6 @@ def test_nodes_get_their_default_service_name():
     assert ProcessingRpcNode(service="proc-2").service == "proc-2"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: default_service_name('_EchoNode') is '-echo', which check_name rejects "
-    "(a private helper class cannot be served without service=)",
-)
 @pytest.mark.parametrize("class_name", ["_EchoNode", "_Echo"])
 def test_default_service_name_is_always_a_valid_name(class_name):
     check_name("service name", default_service_name(class_name))

@@ -228,11 +228,6 @@ async def test_non_json_result_is_internal_error(url, client):
         assert await client.call(SERVICE, "echo", {"ok": 1}, timeout=5) == {"ok": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: worker._invoke encodes an RpcError's data inside `except RpcError`; "
-    "unencodable data escapes to _run, the entry stays pending and the caller gets no reply",
-)
 async def test_rpc_error_with_unencodable_data_still_answers(url, client):
     async with serving(LabRpcNode(), url):
         with pytest.raises(RpcError) as info:
@@ -240,11 +235,6 @@ async def test_rpc_error_with_unencodable_data_still_answers(url, client):
     assert not isinstance(info.value, RpcTimeoutError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: BrokerClient.call enqueues scalar params; the worker dead-letters the "
-    "envelope without replying, so the caller waits for its whole timeout",
-)
 async def test_scalar_params_fail_fast(url, client):
     async with serving(LabRpcNode(), url):
         with pytest.raises(RpcError) as info:
