@@ -23,8 +23,8 @@ redis-server:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
 lint: venv
-	$(BIN)/ruff check spark workers tests
-	$(BIN)/ruff format --check spark workers tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: venv redis-server lint
 	$(BIN)/pytest -q
