@@ -85,3 +85,8 @@ class StepRpcNode(RpcNode):
     async def rpc_process(self, params, context):
         trail = [*params.get("trail", []), self.service]
         return {"trail": trail, "success": True, "pid": os.getpid()}
+
+
+def make_lab_node() -> LabRpcNode:
+    """A factory target: `spark-worker support.services:make_lab_node`."""
+    return LabRpcNode(name="from-factory")
