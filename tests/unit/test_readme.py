@@ -20,17 +20,18 @@ def example() -> str:
 async def test_readme_example_runs(monkeypatch, memory_url):
     monkeypatch.setenv("SPARK_REDIS_URL", memory_url)
     code = example()
-    setup, _, last = code.rstrip().rpartition("\n")
-    assert last.startswith("result = await ")
+    lines = code.rstrip().splitlines()
+    setup, last, check = "\n".join(lines[:-2]), lines[-2], lines[-1]
+    assert last.startswith("result = await ") and check.startswith("assert ")
     namespace: dict = {}
     exec(compile(setup, "README.md", "exec"), namespace)
     stop, ready = asyncio.Event(), asyncio.Event()
     worker = asyncio.create_task(run_worker(namespace["AnalysisRpcNode"](), stop=stop, ready=ready))
     await ready.wait()
     try:
-        expression = last.removeprefix("result = await ").split("#")[0]
-        result = await eval(expression, namespace)
-        assert result.content["words"] == 6
+        namespace["result"] = await eval(last.removeprefix("result = await "), namespace)
+        exec(check, namespace)
+        result = namespace["result"]
         assert result.content["success"] is True
     finally:
         await namespace["analysis"].aclose()
