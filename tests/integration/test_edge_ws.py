@@ -279,13 +279,13 @@ async def test_notification_listener_survives_a_redis_restart(http):
             assert listener.subscribed.is_set()
             async with http.ws_connect(ws_url(edge)) as ws:
                 server.restart()
-                await poll(
-                    lambda: listener.connections >= 2 and listener.subscribed.is_set(),
-                    timeout=15,
-                    what="listener resubscribed",
-                )
                 publisher = connect(server.url, max_connections=1)
-                assert await notify.publish(publisher, "svc", None, "back", {"ok": True}) == 1
+                # Resubscribed (by redis-py's own reconnect or by the listener's loop) once a
+                # publish reaches a subscriber; nothing here cares which path did it.
+                deadline = time.monotonic() + 15
+                while await notify.publish(publisher, "svc", None, "back", {"ok": True}) != 1:
+                    assert time.monotonic() < deadline, "listener did not resubscribe"
+                    await asyncio.sleep(0.05)
                 assert await recv(ws) == {
                     "jsonrpc": "2.0",
                     "method": "back",
