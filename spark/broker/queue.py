@@ -173,13 +173,14 @@ class ServiceQueue:
         return await self.redis.xrange(self.keys.dead, count=count)
 
     async def stats(self) -> dict[str, int]:
-        """Backlog (entries not finished), pending (delivered, not finished), dead letters."""
+        """Backlog (entries not finished), pending (delivered, not finished), dead letters.
+
+        Before any worker created the group, XPENDING fails: only `pending` is 0 then.
+        """
         pipe = self.redis.pipeline(transaction=False)
         pipe.xlen(self.keys.requests)
         pipe.xlen(self.keys.dead)
         pipe.xpending(self.keys.requests, GROUP)
-        try:
-            backlog, dead, pending = await pipe.execute()
-        except ResponseError:
-            return {"backlog": 0, "pending": 0, "dead": 0}
-        return {"backlog": backlog, "pending": pending["pending"] if pending else 0, "dead": dead}
+        backlog, dead, pending = await pipe.execute(raise_on_error=False)
+        pending = 0 if isinstance(pending, Exception) or not pending else pending["pending"]
+        return {"backlog": backlog, "pending": pending, "dead": dead}
