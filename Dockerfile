@@ -1,0 +1,30 @@
+# One image for every process of the stack: spark-edge and each spark-worker pool.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies first (cached while only the code changes), then the code.
+COPY pyproject.toml ./
+RUN mkdir -p spark workers \
+    && touch spark/__init__.py workers/__init__.py README.md \
+    && pip install . \
+    && pip uninstall -y spark-rpc \
+    && rm -rf spark workers README.md build *.egg-info
+
+COPY spark ./spark
+COPY workers ./workers
+COPY README.md ./
+RUN pip install --no-deps . && rm -rf build *.egg-info
+
+# The services import `workers` from /app too (spark-worker puts its working directory on
+# sys.path), so the Lua scripts and the model file are there even from a plain install.
+RUN useradd --create-home --uid 10001 spark
+USER spark
+
+EXPOSE 8000
+CMD ["spark-edge", "--host", "0.0.0.0", "--port", "8000"]
