@@ -8,6 +8,8 @@ client id and state namespace without threading them through every signature.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -34,9 +36,32 @@ class CallInfo:
 
 
 current_call: ContextVar[CallInfo | None] = ContextVar("spark_current_call", default=None)
+#: A deadline set by a local scope (`deadline_scope`, e.g. a TimeoutNode), outside any request.
+_scope_deadline: ContextVar[float | None] = ContextVar("spark_scope_deadline", default=None)
 
 
 def inherited_deadline() -> float | None:
-    """The deadline of the request being served in this task, if any."""
+    """The earliest deadline of the request being served and of any `deadline_scope`."""
     call = current_call.get()
-    return call.deadline if call is not None else None
+    served = call.deadline if call is not None else None
+    scoped = _scope_deadline.get()
+    if served is None:
+        return scoped
+    return served if scoped is None else min(served, scoped)
+
+
+@contextmanager
+def deadline_scope(deadline: float | None) -> Iterator[float | None]:
+    """Calls made inside (proxies, BrokerClient) finish by `deadline` (epoch seconds) too.
+
+    Nested scopes only ever shorten the budget. Yields the deadline in force.
+    """
+    outer = inherited_deadline()
+    if deadline is None or (outer is not None and outer <= deadline):
+        yield outer
+        return
+    token = _scope_deadline.set(deadline)
+    try:
+        yield deadline
+    finally:
+        _scope_deadline.reset(token)

@@ -28,6 +28,8 @@ from spark.broker import (
     replies,
     resolve_url,
 )
+from spark.broker import cancel as cancelling
+from spark.broker.cancel import CancelItem
 from spark.broker.envelope import decode_reply
 from spark.context import inherited_deadline
 from spark.errors import (
@@ -65,6 +67,8 @@ class BrokerClient:
         self._queues: dict[str, ServiceQueue] = {}
         self._pending: dict[str, asyncio.Future] = {}
         self._outbox: Batcher[tuple[str, bytes], bytes] = Batcher(self._send)
+        self._cancels: Batcher[tuple[str, CancelItem], None] = Batcher(self._send_cancels)
+        self._cancelling: set[asyncio.Task] = set()
         self._reader: asyncio.Task | None = None
         self._liveness: dict[str, tuple[float, int]] = {}
         self._seq = 0
@@ -96,6 +100,11 @@ class BrokerClient:
     async def aclose(self) -> None:
         self._closed = True
         await cancel_and_wait(self._reader)
+        if self._cancelling:
+            # Cancels are sent when callers give up: let those in flight go out.
+            await asyncio.wait(list(self._cancelling), timeout=1.0)
+        await cancel_and_wait(*self._cancelling)
+        await self._cancels.aclose()
         await self._outbox.aclose()
         for fut in self._pending.values():
             if not fut.done():
@@ -151,8 +160,20 @@ class BrokerClient:
         require_workers: bool = False,
         request_id: str | None = None,
         client_id: str | None = None,
+        wait: float | None = None,
+        cancel_on_abort: bool = True,
     ) -> Any:
-        """Call `service.method` and return its result; raises an RpcError or TransportError."""
+        """Call `service.method` and return its result; raises an RpcError or TransportError.
+
+        The request carries `deadline` (else now + `timeout`, never past the deadline of the
+        request being served here); this caller waits for the reply until then, or for
+        `wait` seconds when that is shorter (one attempt of a call that may be retried).
+
+        When the caller gives up (cancelled, or no reply by the deadline) the workers are
+        told to cancel the request (unless `cancel_on_abort` is False). A caller that
+        stops waiting *before* the deadline (`wait`) leaves the request running: a retry
+        with the same idempotency key then gets its reply instead of running it again.
+        """
         if self._closed:
             raise RpcConnectionError("client closed")
         check_params(params)
@@ -176,21 +197,56 @@ class BrokerClient:
             enqueued_at=time.time(),
             client=client_id,
         )
+        waiting = remaining if wait is None else max(0.0, min(wait, remaining))
         loop = asyncio.get_running_loop()
         reply = loop.create_future()
         self._pending[rid] = reply
         self._ensure_reader()
         try:
-            async with asyncio.timeout_at(loop.time() + remaining):
+            async with asyncio.timeout_at(loop.time() + waiting):
                 await self._enqueue(service, env.encode())
                 return await reply
         except TimeoutError:
+            if cancel_on_abort and waiting >= remaining:
+                self.cancel(service, rid, idempotency_key)
             raise RpcTimeoutError(
-                f"no reply from {service!r} within {remaining:.3g}s",
+                f"no reply from {service!r} within {waiting:.3g}s",
                 data={"service": service, "method": method},
             ) from None
+        except asyncio.CancelledError:
+            if cancel_on_abort:
+                self.cancel(service, rid, idempotency_key)
+            raise
         finally:
             self._pending.pop(rid, None)
+
+    def cancel(
+        self, service: str, request_id: str | None = None, idempotency_key: str | None = None
+    ) -> None:
+        """Tell the workers of `service` to cancel a request of this client (fire and forget).
+
+        `request_id` names one request; `idempotency_key` every request of this client with
+        that key (all attempts of a retried call). Never blocks and never raises: cancels go
+        out from a background task, batched with others given meanwhile.
+        """
+        if self._closed or (request_id is None and idempotency_key is None):
+            return
+        item = CancelItem(self.client_id, request_id, idempotency_key)
+        task = asyncio.get_running_loop().create_task(self._cancels.submit((service, item)))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancel_sent)
+
+    def _cancel_sent(self, task: asyncio.Task) -> None:
+        self._cancelling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("sending a cancel failed: %s", task.exception())
+
+    async def _send_cancels(self, batch: list[tuple[str, CancelItem]]) -> list[None]:
+        by_service: dict[str, list[CancelItem]] = defaultdict(list)
+        for service, item in batch:
+            by_service[service].append(item)
+        await cancelling.publish(self.redis, by_service)
+        return [None] * len(batch)
 
     async def notify(
         self,

@@ -5,7 +5,10 @@ default service, `http://host:port/service` that service; `service=` appends the
 to an endpoint without a path. One aiohttp session per transport, made on first use and
 closed by `aclose()`. The deadline is absolute (epoch seconds): the transport stops
 waiting at it and sends what is left of it as `X-Spark-Timeout`, so the edge and the
-worker give up at the same time.
+worker give up at the same time. A call's `timeout` (one attempt of a retried call) only
+shortens the wait here. A call with an idempotency key is left running by the edge when
+this client goes away early, so a retry with the key gets its answer; without a key, the
+edge cancels it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import orjson
 
 from spark.client.transport import Call, CallOutcome, NotificationHandler
 from spark.errors import (
@@ -32,7 +36,6 @@ from spark.protocol import (
     ProtocolError,
     Request,
     Response,
-    encode_batch,
     encode_notification,
     encode_request,
     parse_response,
@@ -178,16 +181,21 @@ class HttpTransport(_Base):
     """One request per HTTP POST; concurrent calls share the session's connection pool."""
 
     async def _post(
-        self, body: bytes, deadline: float, extra: dict[str, str] | None = None
+        self,
+        body: bytes,
+        deadline: float,
+        extra: dict[str, str] | None = None,
+        wait: float | None = None,
     ) -> tuple[int, bytes]:
         left = remaining(deadline)
         headers = {**JSON_HEADERS, TIMEOUT_HEADER: f"{left:.3f}", **(extra or {})}
+        waiting = left if wait is None else max(0.0, min(wait, left))
         try:
-            async with asyncio.timeout(left):
+            async with asyncio.timeout(waiting):
                 async with self.session.post(self.url, data=body, headers=headers) as resp:
                     return resp.status, await resp.read()
         except TimeoutError:
-            raise RpcTimeoutError(f"no answer from {self.url} within {left:.3g}s") from None
+            raise RpcTimeoutError(f"no answer from {self.url} within {waiting:.3g}s") from None
         except CONNECTION_ERRORS as exc:
             raise RpcConnectionError(f"cannot reach {self.url}: {exc}") from exc
 
@@ -199,10 +207,13 @@ class HttpTransport(_Base):
         deadline: float,
         idempotency_key: str | None = None,
         state: str | None = None,
+        timeout: float | None = None,
     ) -> Any:
         rid = self.next_id()
         extra = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
-        status, body = await self._post(encode_request(method, params, id=rid), deadline, extra)
+        status, body = await self._post(
+            encode_request(method, params, id=rid), deadline, extra, timeout
+        )
         if status != 200:
             raise _error_for_status(status, self.url, body)
         reply = parse_response(body)
@@ -229,13 +240,19 @@ class HttpTransport(_Base):
         for c in calls:
             if c.notify:
                 ids.append(None)
-                items.append(Request.notification(c.method, c.params))
+                items.append(Request.notification(c.method, c.params).to_dict())
             else:
                 rid = self.next_id()
                 ids.append(rid)
-                items.append(Request(c.method, c.params, rid))
+                req = Request(c.method, c.params, rid)
+                # Each item's own key rides in the extra member the edge reads.
+                items.append(
+                    {**req.to_dict(), "spark": {"idempotency_key": c.idempotency_key}}
+                    if c.idempotency_key
+                    else req.to_dict()
+                )
         try:
-            status, body = await self._post(encode_batch(items), deadline)
+            status, body = await self._post(orjson.dumps(items), deadline)
             if status == 204:
                 replies: list[Response] = []
             elif status != 200:

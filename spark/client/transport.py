@@ -4,6 +4,12 @@ A transport sends one JSON-RPC call (or notification, or batch) to one service a
 back the result, raising the library's exceptions: an `RpcError` subclass for a JSON-RPC
 error answer, `RpcTimeoutError` when the deadline passes, `RpcConnectionError` when the
 broker or edge cannot be reached. Server-pushed notifications go to `on_notification`.
+
+`deadline` (epoch seconds) travels with the request: the worker stops the handler at it.
+`timeout`, when given, is how long this caller waits for the answer, when it is shorter than
+the deadline: one attempt of a call that a proxy may retry with the same idempotency key.
+Giving up at `timeout` leaves the request running for the retry to find; giving up at the
+deadline or by being cancelled tells the workers to cancel it (where the transport can).
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class Transport(Protocol):
         deadline: float,
         idempotency_key: str | None = None,
         state: str | None = None,
+        timeout: float | None = None,
     ) -> Any: ...
 
     async def notify(
@@ -107,7 +114,9 @@ class RedisTransport:
         # Bounded: with Redis down the call itself should fail, not wait on the listener.
         await self._listener.start(timeout=1.0)
 
-    async def call(self, method, params=None, *, deadline, idempotency_key=None, state=None):
+    async def call(
+        self, method, params=None, *, deadline, idempotency_key=None, state=None, timeout=None
+    ):
         await self._listen()
         return await self.client.call(
             self.service,
@@ -116,7 +125,13 @@ class RedisTransport:
             deadline=deadline,
             idempotency_key=idempotency_key,
             state=state,
+            wait=timeout,
         )
+
+    def cancel(self, idempotency_key: str) -> None:
+        """Cancel every request of this client carrying `idempotency_key` (fire and forget)."""
+        if self._client is not None:
+            self._client.cancel(self.service, idempotency_key=idempotency_key)
 
     async def notify(self, method, params=None, *, deadline, state=None):
         await self._listen()

@@ -10,8 +10,11 @@ outcome is unknown: retry with an idempotency key); the next call reconnects, ba
 after consecutive failures. When `on_notification` is set, the transport also reconnects by
 itself in the background so notifications keep coming.
 
-The edge applies its own default timeout to WebSocket calls (or the `?timeout=` given at
-the handshake); the transport stops waiting at each call's deadline.
+Each request carries its deadline (as seconds left) and idempotency key in an extra member
+the edge reads, `"spark": {"timeout": 2.5, "idempotency_key": "..."}` (JSON-RPC servers
+ignore members they do not know); without it the edge applies its default timeout (or the
+`?timeout=` given at the handshake). The transport stops waiting at each call's deadline, or
+after the call's `timeout` when that is shorter.
 """
 
 from __future__ import annotations
@@ -29,8 +32,7 @@ import orjson
 from spark.client.http import CONNECTION_ERRORS, _Base, remaining
 from spark.client.transport import Call, CallOutcome
 from spark.errors import RpcConnectionError, RpcError, RpcTimeoutError, UnauthorizedError
-from spark.protocol import ProtocolError, Request, encode_batch, encode_notification
-from spark.protocol import encode_request as _encode_request
+from spark.protocol import ProtocolError, Request, encode_notification
 
 log = logging.getLogger("spark.client.ws")
 
@@ -41,6 +43,21 @@ BACKOFF_MAX = 5.0
 
 def backoff(failures: int) -> float:
     return min(BACKOFF_MIN * 2 ** max(failures - 1, 0), BACKOFF_MAX)
+
+
+#: The extra request member carrying a call's budget and idempotency key to the edge.
+SPARK_MEMBER = "spark"
+
+
+def _request_doc(
+    request: Request, deadline: float, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    doc = request.to_dict()
+    extra: dict[str, Any] = {"timeout": round(max(deadline - time.time(), 0.001), 3)}
+    if idempotency_key:
+        extra["idempotency_key"] = idempotency_key
+    doc[SPARK_MEMBER] = extra
+    return doc
 
 
 class WebSocketTransport(_Base):
@@ -186,8 +203,12 @@ class WebSocketTransport(_Base):
         except (*CONNECTION_ERRORS, RuntimeError) as exc:
             raise RpcConnectionError(f"sending to {self.ws_url} failed: {exc}") from exc
 
-    async def _wait(self, futures: dict[int, asyncio.Future], deadline: float) -> list[dict]:
+    async def _wait(
+        self, futures: dict[int, asyncio.Future], deadline: float, wait: float | None = None
+    ) -> list[dict]:
         left = remaining(deadline)
+        if wait is not None:
+            left = max(0.0, min(wait, left))
         try:
             async with asyncio.timeout(left):
                 return list(await asyncio.gather(*futures.values()))
@@ -205,14 +226,16 @@ class WebSocketTransport(_Base):
         deadline: float,
         idempotency_key: str | None = None,
         state: str | None = None,
+        timeout: float | None = None,
     ) -> Any:
         remaining(deadline)
         rid = self.next_id()
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:
-            await self._send(_encode_request(method, params, id=rid), deadline)
-            (reply,) = await self._wait({rid: fut}, deadline)
+            doc = _request_doc(Request(method, params, rid), deadline, idempotency_key)
+            await self._send(orjson.dumps(doc), deadline)
+            (reply,) = await self._wait({rid: fut}, deadline, timeout)
         finally:
             self._pending.pop(rid, None)
         return _unwrap(reply)
@@ -229,15 +252,17 @@ class WebSocketTransport(_Base):
         items, ids, futures = [], [], {}
         for c in calls:
             if c.notify:
-                items.append(Request.notification(c.method, c.params))
+                items.append(_request_doc(Request.notification(c.method, c.params), deadline))
                 ids.append(None)
             else:
                 rid = self.next_id()
-                items.append(Request(c.method, c.params, rid))
+                items.append(
+                    _request_doc(Request(c.method, c.params, rid), deadline, c.idempotency_key)
+                )
                 ids.append(rid)
                 futures[rid] = self._pending[rid] = loop.create_future()
         try:
-            await self._send(encode_batch(items), deadline)
+            await self._send(orjson.dumps(items), deadline)
             replies = dict(zip(futures, await self._wait(futures, deadline), strict=True))
         except Exception as exc:
             for rid in futures:

@@ -6,6 +6,27 @@
 `result["success"]` works and `proxy1 >> proxy2` chains. A JSON-RPC error raises the
 matching `RpcError` subclass; transport failures raise `RpcTimeoutError` or
 `RpcConnectionError`.
+
+Retries (`max_retries`, default 0): tenacity, waiting `retry_initial_delay *
+retry_backoff_factor ** n` seconds (capped by `retry_max_delay`; the seed's
+`retry_backoff_factor=2.0` gives 1 s, 2 s, 4 s). Retried: connection failures, answers whose
+code says "try again" (overloaded -32002, unavailable -32003), and timeouts when
+`retry_on_timeout`. Never retried: any other JSON-RPC error (the service answered).
+
+Idempotency: every attempt of one call carries the same idempotency key, so a retry never
+runs the handler a second time: the worker answers it from the first run (or waits for that
+run to finish). A key is made up per call only when `max_retries > 0` (storing a reply per
+request costs a Redis write and memory, and only repeats need it); a key the caller gives
+(`call(idempotency_key=...)` or `metadata["rpc"]["idempotency_key"]`) is always sent.
+
+Deadlines: one call has one deadline, carried by every attempt's request: `total_timeout`,
+by default room for every attempt and wait (`request_timeout * (max_retries + 1)` plus the
+waits; just `request_timeout` without retries), never past the deadline of the request
+being served when the proxy runs inside a handler (or inside a `TimeoutNode`). Each attempt
+waits `request_timeout` at most; an attempt that times out leaves its request running (the
+retry, same key, picks its answer up). When the call gives up for good (deadline, no more
+retries, or the calling task cancelled), the service is told to cancel what is still
+running for it.
 """
 
 from __future__ import annotations
@@ -16,12 +37,20 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from spark.broker import resolve_url
 from spark.context import inherited_deadline
 from spark.errors import RpcError, RpcTimeoutError, TransportError
 from spark.nodes.base import Node
+from spark.nodes.policies import CircuitBreaker, Transition
 from spark.nodes.rpc import NOTIFICATION_TOPIC_PREFIX, split_input
 from spark.nodes.types import ExecutionContext
 
@@ -55,6 +84,12 @@ class RemoteRpcProxyConfig:
     retry_initial_delay: float = 1.0
     retry_max_delay: float = 30.0
     retry_on_timeout: bool = False
+    #: Up to this many seconds of random jitter added to each wait (0: none).
+    retry_jitter: float = 0.0
+    #: Seconds the whole call may take, retries included (None: see the module docstring).
+    total_timeout: float | None = None
+    #: A breaker around every call (its retries included); events go to the graph's bus.
+    circuit_breaker: CircuitBreaker | None = None
     #: Put server notifications on the graph's event bus.
     forward_notifications: bool = True
     notification_topic_prefix: str = NOTIFICATION_TOPIC_PREFIX
@@ -68,6 +103,46 @@ class RemoteRpcProxyConfig:
             raise ValueError('transport="redis" needs service="name"')
         if self.max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if self.request_timeout <= 0:
+            raise ValueError("request_timeout must be > 0")
+
+    def retry_waits(self) -> list[float]:
+        """The waits between attempts, without jitter (the seed's config: [1.0, 2.0, 4.0])."""
+        wait = _wait(self, jitter=False)
+        return [wait(_FakeAttempt(n)) for n in range(1, self.max_retries + 1)]
+
+    def call_budget(self) -> float:
+        """Seconds one call may take, every attempt and wait included."""
+        if self.total_timeout is not None:
+            return self.total_timeout
+        if self.max_retries == 0:
+            return self.request_timeout
+        return self.request_timeout * (self.max_retries + 1) + sum(self.retry_waits())
+
+
+class _FakeAttempt:
+    """Enough of tenacity's RetryCallState for a wait strategy to compute a wait."""
+
+    def __init__(self, attempt_number: int):
+        self.attempt_number = attempt_number
+
+
+def _wait(config: RemoteRpcProxyConfig, *, jitter: bool = True):
+    wait = wait_exponential(
+        multiplier=config.retry_initial_delay,
+        exp_base=config.retry_backoff_factor,
+        max=config.retry_max_delay,
+    )
+    if jitter and config.retry_jitter > 0:
+        wait = wait + wait_random(0, config.retry_jitter)
+    return wait
+
+
+def _maybe_running(exc: BaseException) -> bool:
+    """After `exc`, may a request of the call still be running on a worker?"""
+    if isinstance(exc, RpcError):
+        return isinstance(exc, RpcTimeoutError) or exc.retryable
+    return True  # a transport failure, or the calling task cancelled
 
 
 def _retryable(config: RemoteRpcProxyConfig):
@@ -128,25 +203,22 @@ class RemoteRpcProxyNode(Node):
 
     # -- calling -----------------------------------------------------------------------
 
-    def _deadline(self) -> float:
-        deadline = time.time() + self.config.request_timeout
+    def _deadline(self, budget: float | None = None) -> float:
+        """Now + `budget` (default request_timeout), never past the inherited deadline."""
+        deadline = time.time() + (self.config.request_timeout if budget is None else budget)
         inherited = inherited_deadline()
         return min(deadline, inherited) if inherited is not None else deadline
 
-    def _retrying(self) -> AsyncRetrying:
+    def _retrying(self, deadline: float) -> AsyncRetrying:
         cfg = self.config
-        inherited = inherited_deadline()
 
-        def out_of_time(state) -> bool:
-            return inherited is not None and time.time() >= inherited
+        def out_of_time(state: RetryCallState) -> bool:
+            # tenacity computes the wait before asking: stop when it would end past the deadline.
+            return time.time() + (state.upcoming_sleep or 0.0) >= deadline
 
         return AsyncRetrying(
             retry=retry_if_exception(_retryable(cfg)),
-            wait=wait_exponential(
-                multiplier=cfg.retry_initial_delay,
-                exp_base=cfg.retry_backoff_factor,
-                max=cfg.retry_max_delay,
-            ),
+            wait=_wait(cfg),
             stop=stop_after_attempt(cfg.max_retries + 1) | out_of_time,
             reraise=True,
         )
@@ -166,24 +238,72 @@ class RemoteRpcProxyNode(Node):
         is made up when the caller gave none), so a retry after a lost answer is answered
         from the first run instead of running the handler again.
         """
-        as_notification = self.config.notify if notify is None else notify
-        if self.config.max_retries == 0:
-            return await self._attempt(method, params, idempotency_key, state, as_notification)
+        breaker = self.config.circuit_breaker
+        if breaker is None:
+            return await self._call(method, params, idempotency_key, state, notify)
+        return await breaker.call(
+            self._call,
+            method,
+            params,
+            idempotency_key,
+            state,
+            notify,
+            on_transition=self._breaker_transition,
+        )
+
+    async def _call(
+        self,
+        method: str,
+        params: Any,
+        idempotency_key: str | None,
+        state: str | None,
+        notify: bool | None,
+    ) -> Any:
+        cfg = self.config
+        as_notification = cfg.notify if notify is None else notify
+        deadline = self._deadline(cfg.call_budget())
+        if cfg.max_retries == 0:
+            return await self._attempt(
+                method, params, idempotency_key, state, as_notification, deadline
+            )
         key = idempotency_key or uuid.uuid4().hex
-        async for attempt in self._retrying():
-            with attempt:
-                return await self._attempt(method, params, key, state, as_notification)
+        try:
+            async for attempt in self._retrying(deadline):
+                with attempt:
+                    return await self._attempt(
+                        method, params, key, state, as_notification, deadline
+                    )
+        except BaseException as exc:
+            # Given up for good: earlier attempts that timed out may still be running.
+            if not as_notification and _maybe_running(exc):
+                cancel = getattr(self._transport, "cancel", None)
+                if cancel is not None:
+                    cancel(key)
+            raise
         raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying reraises
 
     async def _attempt(
-        self, method: str, params: Any, key: str | None, state: str | None, notify: bool
+        self,
+        method: str,
+        params: Any,
+        key: str | None,
+        state: str | None,
+        notify: bool,
+        deadline: float,
     ) -> Any:
         if notify:
-            await self.transport.notify(method, params, deadline=self._deadline(), state=state)
+            await self.transport.notify(method, params, deadline=deadline, state=state)
             return None
+        # Wait one request_timeout for this attempt; the request itself may live until the
+        # call's deadline, for a retry to collect its answer.
+        wait = self.config.request_timeout
+        timeout = wait if time.time() + wait < deadline else None
         return await self.transport.call(
-            method, params, deadline=self._deadline(), idempotency_key=key, state=state
+            method, params, deadline=deadline, idempotency_key=key, state=state, timeout=timeout
         )
+
+    async def _breaker_transition(self, change: Transition) -> None:
+        await self.publish_event(change.topic, {**change.payload(), "proxy": self.name})
 
     async def call_batch(self, calls: list) -> list:
         """One JSON-RPC batch; returns a `CallOutcome` per call, in order."""

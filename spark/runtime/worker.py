@@ -6,6 +6,12 @@ reply written -> entry acknowledged and deleted. Replies and acks of entries tha
 together go out in one pipeline each. While a handler runs, its entry's lease is renewed
 so other workers do not reclaim it; entries of a worker that died go idle and are
 reclaimed by the others after `reclaim_after` seconds.
+
+Cancellation: every worker listens on its service's cancel channel (spark.broker.cancel).
+A cancel for a request whose handler is running here cancels the handler task; the request
+is answered with CancelledError (-32006), its idempotency key released, and the entry
+acknowledged (it is not run again). A cancel for a request not yet read is remembered for
+`CANCEL_MEMORY` seconds, so the request is answered the same way without running.
 """
 
 from __future__ import annotations
@@ -35,11 +41,14 @@ from spark.broker import (
     replies,
     resolve_url,
 )
+from spark.broker import cancel as cancelling
 from spark.broker.envelope import encode_error, encode_result, reply_address, retag_reply
 from spark.broker.keys import default_service_name
+from spark.broker.notify import Notification, NotificationListener
 from spark.broker.retrying import until_reachable, while_unreachable
 from spark.context import CallInfo, current_call
 from spark.errors import (
+    CancelledError,
     DeadLetteredError,
     InternalError,
     InvalidRequestError,
@@ -52,6 +61,10 @@ log = logging.getLogger("spark.worker")
 
 #: What a worker serves: (method, params, call) -> JSON-able result, raising RpcError.
 Handler = Callable[[str, Any, CallInfo], Awaitable[Any]]
+
+#: Seconds a cancel for a request this worker is not running is remembered (the request
+#: may still be queued); request ids are never reused by a client, so this only bounds memory.
+CANCEL_MEMORY = 120.0
 
 
 @dataclass(slots=True)
@@ -98,6 +111,17 @@ class Worker:
         self._writer: aioredis.Redis | None = None
         self.queue: ServiceQueue | None = None
         self._inflight: dict[bytes, asyncio.Task] = {}
+        #: Requests whose handler may be cancelled now, by (reply_to, id) and (reply_to, key).
+        self._by_request: dict[tuple[str, str], bytes] = {}
+        self._by_key: dict[tuple[str, str], set[bytes]] = {}
+        self._cancel_requested: set[bytes] = set()
+        #: Idempotency keys claimed by requests now answering (released if cancelled).
+        self._claimed: dict[bytes, str] = {}
+        #: (reply_to, id) of cancelled requests not running here -> forget after (monotonic).
+        self._cancelled: dict[tuple[str, str], float] = {}
+        self._cancels: NotificationListener | None = None
+        #: Requests cancelled by their callers (counted in heartbeats as failures too).
+        self.cancelled = 0
         self._slot_free = asyncio.Event()
         self._writes: Batcher[_Done, bool] = Batcher(self._write)
         self._stopping = asyncio.Event()
@@ -139,6 +163,10 @@ class Worker:
             with attempt:
                 await self.queue.ensure_group()
                 await self._beat()
+        self._cancels = NotificationListener(
+            self.url, self._on_cancel, channels=[self.queue.keys.cancel]
+        )
+        await self._cancels.start(timeout=5.0)
         log.info(
             "worker %s serving %r (concurrency %d)", self.consumer, cfg.service, cfg.concurrency
         )
@@ -157,6 +185,7 @@ class Worker:
             await self._drain()
             self._stopping.set()
             await cancel_and_wait(*side)
+            await self._cancels.aclose()
             with contextlib.suppress(*UNREACHABLE):
                 await registry.leave(self.redis, self.queue.keys, self.consumer)
             for client in (self._reader, self._writer, self.redis):
@@ -283,18 +312,39 @@ class Worker:
             )
             return _Done(entry, env.reply_to, encode_error(env.id, err))
 
+        if env.reply_to is None:
+            return await self._answer_valid(entry, env, deadline)
+        if self._cancelled.pop((env.reply_to, env.id), None) is not None:
+            return self._cancelled_done(entry, env, None, deadline)
+        self._track(entry, env)
+        try:
+            return await self._answer_valid(entry, env, deadline)
+        except asyncio.CancelledError:
+            if entry.entry_id not in self._cancel_requested or self._stopping.is_set():
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return self._cancelled_done(entry, env, self._claimed.get(entry.entry_id), deadline)
+        finally:
+            self._untrack(entry, env)
+
+    async def _answer_valid(self, entry: Entry, env: Envelope, deadline: float) -> _Done:
         store_key = None
         if env.idempotency_key is not None:
-            store_key = self.queue.keys.result(env.idempotency_key)
-            stored = await self._claim_key(store_key, entry, deadline)
+            key = self.queue.keys.result(env.idempotency_key)
+            stored = await self._claim_key(key, entry, deadline)
             if isinstance(stored, bytes):
                 return _Done(entry, env.reply_to, retag_reply(stored, env.id), deadline=deadline)
             if isinstance(stored, RpcError):
                 return _Done(entry, env.reply_to, encode_error(env.id, stored))
+            store_key = key
+            # Ours now: a cancel from here on releases it (see _cancelled_done).
+            self._claimed[entry.entry_id] = key
 
         call = CallInfo(
             request_id=env.id,
-            service=cfg.service,
+            service=self.config.service,
             method=env.method,
             client_id=env.client or env.reply_to,
             deadline=deadline,
@@ -305,10 +355,62 @@ class Worker:
         payload, keep = await self._invoke(env, call, deadline)
         return _Done(entry, env.reply_to, payload, store_key, keep, deadline)
 
+    # -- cancellation --------------------------------------------------------------------
+
+    def _track(self, entry: Entry, env: Envelope) -> None:
+        self._by_request[(env.reply_to, env.id)] = entry.entry_id
+        if env.idempotency_key is not None:
+            self._by_key.setdefault((env.reply_to, env.idempotency_key), set()).add(entry.entry_id)
+
+    def _untrack(self, entry: Entry, env: Envelope) -> None:
+        self._by_request.pop((env.reply_to, env.id), None)
+        self._claimed.pop(entry.entry_id, None)
+        self._cancel_requested.discard(entry.entry_id)
+        if env.idempotency_key is not None:
+            group = self._by_key.get((env.reply_to, env.idempotency_key))
+            if group is not None:
+                group.discard(entry.entry_id)
+                if not group:
+                    del self._by_key[(env.reply_to, env.idempotency_key)]
+
+    def _cancelled_done(
+        self, entry: Entry, env: Envelope, claimed_key: str | None, deadline: float
+    ) -> _Done:
+        self.cancelled += 1
+        err = CancelledError(
+            "the caller cancelled the request",
+            data={"service": self.config.service, "method": env.method},
+        )
+        # keep=False releases the idempotency key this request held, so a waiting repeat runs.
+        return _Done(entry, env.reply_to, encode_error(env.id, err), claimed_key, False, deadline)
+
+    def _on_cancel(self, note: Notification) -> None:
+        if note.method != cancelling.METHOD:
+            return
+        now = time.monotonic()
+        for item in cancelling.parse(note.params):
+            targets: set[bytes] = set()
+            if item.request_id is not None:
+                entry_id = self._by_request.get((item.reply_to, item.request_id))
+                if entry_id is not None:
+                    targets.add(entry_id)
+                else:
+                    self._cancelled[(item.reply_to, item.request_id)] = now + CANCEL_MEMORY
+            if item.idempotency_key is not None:
+                targets |= self._by_key.get((item.reply_to, item.idempotency_key), set())
+            for entry_id in targets:
+                task = self._inflight.get(entry_id)
+                if task is not None and entry_id not in self._cancel_requested:
+                    self._cancel_requested.add(entry_id)
+                    task.cancel()
+        if len(self._cancelled) > 1000 or (self._cancelled and now > min(self._cancelled.values())):
+            self._cancelled = {k: t for k, t in self._cancelled.items() if t > now}
+
     async def _invoke(self, env: Envelope, call: CallInfo, deadline: float) -> tuple[bytes, bool]:
         """The reply, and whether a repeat of the request may be answered with it.
 
-        A timeout is not kept: the caller's retry (with the same idempotency key) runs again.
+        A timeout, or an error whose code says "try again", is not kept: the caller's retry
+        (with the same idempotency key) runs again.
         """
         token = current_call.set(call)
         try:
@@ -317,7 +419,10 @@ class Worker:
             return encode_result(env.id, result), True
         except RpcError as exc:
             self.failed += 1
-            return encode_error(env.id, exc), not isinstance(exc, RpcTimeoutError)
+            # "Try again" answers (timeout, overloaded, unavailable) are not final.
+            return encode_error(env.id, exc), not (
+                isinstance(exc, RpcTimeoutError) or exc.retryable
+            )
         except TimeoutError:
             self.failed += 1
             if scope.expired():
@@ -443,6 +548,7 @@ class Worker:
                 "state": self.state,
                 "processed": self.processed,
                 "failed": self.failed,
+                "cancelled": self.cancelled,
                 "started_at": self.started_at,
             },
         )

@@ -90,3 +90,69 @@ class StepRpcNode(RpcNode):
 def make_lab_node() -> LabRpcNode:
     """A factory target: `spark-worker support.services:make_lab_node`."""
     return LabRpcNode(name="from-factory")
+
+
+class ResilienceRpcNode(LabRpcNode):
+    """LabRpcNode plus handlers for the resilience tests: flaky, recorded sleeps, relays."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._proxies: dict = {}
+
+    async def _record(self, key: str, event: str) -> None:
+        await self.redis.hset(f"lab:rec:{key}", f"{self.service}:{event}", repr(time.time()))
+
+    async def rpc_flaky(self, params, context):
+        """Fails (retryably, or with `error`) while its counter is at most `failures`."""
+        from spark.errors import InvalidParamsError, ServiceUnavailableError
+
+        n = await self.redis.incr(f"lab:flaky:{params['key']}")
+        if n <= params.get("failures", 1):
+            kind = params.get("error", "unavailable")
+            if kind == "unavailable":
+                raise ServiceUnavailableError("not yet", data={"attempt": n})
+            if kind == "invalid":
+                raise InvalidParamsError("refused", data={"attempt": n})
+            raise RuntimeError(f"failure {n}")
+        return {"attempts": n, "pid": os.getpid()}
+
+    async def rpc_recorded_sleep(self, params, context):
+        """Sleeps, recording start / finish / cancelled (with times) under lab:rec:<key>."""
+        key = params["key"]
+        await self.redis.hset(
+            f"lab:rec:{key}", f"{self.service}:deadline", repr(context.metadata["rpc"]["deadline"])
+        )
+        await self._count(key)
+        await self._record(key, "start")
+        try:
+            await asyncio.sleep(params.get("seconds", 30.0))
+        except asyncio.CancelledError:
+            await self._record(key, "cancelled")
+            raise
+        await self._record(key, "finish")
+        return {"slept": params.get("seconds", 30.0)}
+
+    async def rpc_relay(self, params, context):
+        """Calls `hops[0]` (its relay, or recorded_sleep for the last hop) over Redis."""
+        from spark.nodes.rpc_client import RemoteRpcProxyConfig, RemoteRpcProxyNode
+
+        key, hops = params["key"], params["hops"]
+        await self.redis.hset(
+            f"lab:rec:{key}", f"{self.service}:deadline", repr(context.metadata["rpc"]["deadline"])
+        )
+        await self._record(key, "start")
+        proxy = self._proxies.get(hops[0])
+        if proxy is None:
+            proxy = self._proxies[hops[0]] = RemoteRpcProxyNode(
+                RemoteRpcProxyConfig(endpoint=self.runtime.url, transport="redis", service=hops[0])
+            )
+        method = "relay" if len(hops) > 1 else "recorded_sleep"
+        try:
+            result = await proxy.call(
+                method, {"key": key, "hops": hops[1:], "seconds": params.get("seconds", 30.0)}
+            )
+        except asyncio.CancelledError:
+            await self._record(key, "cancelled")
+            raise
+        await self._record(key, "finish")
+        return {"via": [self.service, *result.get("via", [])]}

@@ -25,7 +25,7 @@ from spark.errors import (
 )
 from spark.protocol import encode_error
 from spark.runtime.edge.config import EdgeConfig
-from spark.runtime.edge.core import Edge, valid_service
+from spark.runtime.edge.core import Edge, request_options, valid_service
 from spark.runtime.edge.security import server_ssl_context
 from spark.runtime.edge.websocket import serve_websocket
 
@@ -89,14 +89,16 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
         data = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, RequestTooLargeError("body too large", data={"max_bytes": limit}))
+    parsed = edge.parse(data)
     body = await edge.run(
         service,
-        edge.parse(data),
+        parsed,
         transport="http",
         timeout=edge.timeout_for(
             request.headers.get("X-Spark-Timeout") or request.query.get("timeout")
         ),
         idempotency_key=request.headers.get("Idempotency-Key") or None,
+        options=request_options(data, parsed),
     )
     if body is None:
         return web.Response(status=204)
@@ -181,6 +183,9 @@ class EdgeServer:
             handle_signals=False,
             shutdown_timeout=cfg.shutdown_timeout,
             access_log=None,
+            # A client that disconnects cancels its request (and, through the broker
+            # client, the handler running it): nobody is left to read the answer.
+            handler_cancellation=True,
         )
         await runner.setup()
         try:

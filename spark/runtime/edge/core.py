@@ -3,16 +3,26 @@
 One `BrokerClient` per edge serves every HTTP request and WebSocket connection. The
 caller's JSON-RPC ids stay here: the broker uses its own request ids and `encode_reply`
 puts the caller's ids back. A batch's requests run concurrently.
+
+A request object may carry an extra member `"spark": {"timeout": seconds, "idempotency_key":
+key}` (the WebSocket transport sends it on every call; JSON-RPC ignores unknown members): its
+own budget (never more than the edge allows) and key. It is read only when present.
+
+When the caller goes away (an HTTP client disconnects, a WebSocket closes), requests still
+running are cancelled on the workers, except those with an idempotency key: a client may
+come back with the key (a retry) and is then answered from that run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from spark.broker import UNREACHABLE, connect, registry, resolve_url
@@ -38,6 +48,49 @@ log = logging.getLogger("spark.edge")
 
 #: Longest idempotency key accepted (it becomes part of a Redis key).
 MAX_IDEMPOTENCY_KEY = 200
+#: The extra request member with per-request options.
+SPARK_MEMBER = "spark"
+_SPARK_MEMBER_BYTES = f'"{SPARK_MEMBER}"'.encode()
+
+#: Per request: its own timeout (seconds) and idempotency key, each None when not given.
+RequestOptions = tuple[float | None, str | None]
+
+
+def request_options(data: bytes | str, parsed: Parsed) -> list[RequestOptions] | None:
+    """The `"spark"` member of each of `parsed.requests`, or None when no request has one.
+
+    Costs a second parse only for bodies that mention the member at all.
+    """
+    if not parsed.requests:
+        return None
+    if isinstance(data, memoryview):
+        data = bytes(data)
+    marker = _SPARK_MEMBER_BYTES.decode() if isinstance(data, str) else _SPARK_MEMBER_BYTES
+    if marker not in data:
+        return None
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    docs = doc if parsed.is_batch else [doc]
+    if not isinstance(docs, list) or len(docs) != len(parsed.items):
+        return None
+    options: list[RequestOptions] = []
+    for item_doc, item in zip(docs, parsed.items, strict=True):
+        if not isinstance(item, Request):
+            continue
+        member = item_doc.get(SPARK_MEMBER) if isinstance(item_doc, dict) else None
+        timeout = key = None
+        if isinstance(member, dict):
+            value = member.get("timeout")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                if math.isfinite(value) and value > 0:
+                    timeout = float(value)
+            value = member.get("idempotency_key")
+            if isinstance(value, str) and 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
+                key = value
+        options.append((timeout, key))
+    return options
 
 
 def valid_service(name: str) -> bool:
@@ -152,34 +205,44 @@ class Edge:
         timeout: float,
         idempotency_key: str | None = None,
         client_id: str | None = None,
+        options: list[RequestOptions] | None = None,
     ) -> bytes | None:
-        """The reply body for `parsed` (None when nothing is to be sent back)."""
+        """The reply body for `parsed` (None when nothing is to be sent back).
+
+        `options` (from `request_options`) gives requests their own budget and key.
+        """
         for item in parsed.items:
             if isinstance(item, Response):
                 self.metrics.record(service, "-", transport, str(item.error["code"]), None)
         requests = parsed.requests
         if not requests:
             return encode_reply(parsed, [])
-        deadline = time.time() + timeout
+        now = time.time()
+        deadline = now + timeout
         if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
             idempotency_key = None
+        if options is not None and len(options) != len(requests):
+            options = None
+
+        def plan(i: int) -> tuple[float, str | None]:
+            key = idempotency_key
+            if key is not None and len(requests) > 1:
+                key = f"{key}:{i}"
+            if options is None:
+                return deadline, key
+            own_timeout, own_key = options[i]
+            if own_timeout is not None:
+                own_deadline = now + min(own_timeout, timeout)
+            else:
+                own_deadline = deadline
+            return own_deadline, own_key or key
+
         if len(requests) == 1:
-            outcomes = [
-                await self.one(
-                    service, requests[0], transport, deadline, idempotency_key, client_id
-                )
-            ]
+            outcomes = [await self.one(service, requests[0], transport, *plan(0), client_id)]
         else:
             outcomes = await asyncio.gather(
                 *(
-                    self.one(
-                        service,
-                        req,
-                        transport,
-                        deadline,
-                        f"{idempotency_key}:{i}" if idempotency_key else None,
-                        client_id,
-                    )
+                    self.one(service, req, transport, *plan(i), client_id)
                     for i, req in enumerate(requests)
                 )
             )
@@ -221,6 +284,8 @@ class Edge:
                     idempotency_key=idempotency_key,
                     require_workers=True,
                     client_id=client_id,
+                    # A keyed request outlives its caller: a retry with the key gets its answer.
+                    cancel_on_abort=idempotency_key is None,
                 )
         except RpcError as exc:
             outcome, code = exc, str(exc.code)

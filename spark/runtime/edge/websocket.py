@@ -6,7 +6,8 @@ task per connection sends answers and server-pushed notifications in order. Each
 connection has a client id (sent in the handshake's `X-Spark-Client-Id` header); calls made
 on it carry that id, so a handler's `send_notification_to_client(context.metadata["rpc"]
 ["client_id"], ...)` reaches this connection. When the client goes away its requests still
-in flight are cancelled: their late replies are dropped by the broker client.
+in flight are cancelled, and so are their handlers on the workers (except requests with an
+idempotency key, which run on until their deadline for a retry to collect).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import uuid
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from spark.runtime.edge.core import Edge
+from spark.runtime.edge.core import Edge, request_options
 
 log = logging.getLogger("spark.edge")
 
@@ -68,17 +69,18 @@ class WsConnection:
             if body is not None:
                 self._outbox.put_nowait(body.decode())
             return
-        task = asyncio.create_task(self._answer(parsed))
+        task = asyncio.create_task(self._answer(parsed, request_options(data, parsed)))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _answer(self, parsed) -> None:
+    async def _answer(self, parsed, options) -> None:
         body = await self.edge.run(
             self.service,
             parsed,
             transport="websocket",
             timeout=self.timeout,
             client_id=self.client_id,
+            options=options,
         )
         if body is not None and not self.ws.closed:
             self._outbox.put_nowait(body.decode())
