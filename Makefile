@@ -41,5 +41,14 @@ demo: venv
 bench: venv redis-server
 	$(BIN)/python tests/benchmarks/run_all.py
 
+# The reliability lab (also part of `make test`), with its figures printed.
+lab: venv redis-server
+	$(BIN)/pytest -q -s tests/lab
+
+# The lab's chaos runs for longer: make soak MINUTES=30
+MINUTES ?= 10
+soak: venv redis-server
+	$(BIN)/python tests/lab/soak.py --minutes $(MINUTES)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
