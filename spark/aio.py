@@ -94,3 +94,14 @@ class Batcher(Generic[T, R]):
 
     async def aclose(self) -> None:
         await cancel_and_wait(self._drainer)
+
+
+def reraise_cancellation() -> None:
+    """Raise CancelledError if this task was asked to stop and something swallowed it.
+
+    For loops around redis-py commands (see `cancel_and_wait`): `Task.cancelling()` still
+    counts a cancellation that a library caught, so the loop can honour it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -129,6 +129,8 @@ def decode_reply(raw: bytes) -> tuple[str | None, Any, RpcError | None]:
         rid = doc["id"]
     except (orjson.JSONDecodeError, TypeError, KeyError):
         return None, None, RpcError("malformed reply")
+    if not isinstance(rid, str):
+        return None, None, RpcError("malformed reply id")
     if "error" in doc:
         return rid, None, RpcError.from_dict(doc["error"])
     return rid, doc.get("result"), None

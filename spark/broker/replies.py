@@ -1,8 +1,10 @@
-"""Replies: workers push them onto a list per client; one reader per client process pops them.
+"""Replies: workers append them to a stream per client; one reader per client process reads it.
 
-A list per client (rather than a key per request) lets a single blocking reader serve every
-call in flight: it BLPOPs for the first reply, then LPOPs whatever else is queued in the same
-round trip budget. The list expires when nobody reads it (the client went away).
+A stream per client (rather than a key per request) lets a single blocking reader serve
+every call in flight: one XREAD BLOCK returns every reply queued. Reading a stream is not
+destructive, so a reply whose delivery is cut by a dropped connection is read again from the
+last id processed; processed replies are trimmed every TRIM_EVERY replies (and when idle).
+The stream expires when nobody reads it (the client went away).
 """
 
 from __future__ import annotations
@@ -15,8 +17,13 @@ from spark.broker.keys import reply_key
 
 #: How long replies for a client that stopped reading stay around.
 DEFAULT_REPLY_TTL = 300
-#: How many queued replies one LPOP takes.
-DRAIN_COUNT = 512
+#: How many queued replies one read takes.
+READ_COUNT = 512
+FIELD = b"r"
+#: Processed replies are trimmed in bulk: one XTRIM per this many, off the reply path.
+TRIM_EVERY = 256
+#: Read from the start: replies written before the reader's first read are not missed.
+START = b"0-0"
 #: Marker stored under an idempotency key while its first request runs.
 RUNNING = b"\x00running:"
 
@@ -42,22 +49,33 @@ async def push(
             pipe.set(key, payload, ex=seconds)
     for client_id, payload in replies:
         key = reply_key(client_id)
-        pipe.rpush(key, payload)
+        pipe.xadd(key, {FIELD: payload})
         pipe.expire(key, ttl)
     results = await pipe.execute(raise_on_error=False)
     base = len(stored)
     return [not isinstance(results[base + 2 * i], Exception) for i in range(len(replies))]
 
 
-async def wait(redis: aioredis.Redis, client_id: str, block_seconds: float) -> bytes | None:
-    """The next reply for `client_id`, waiting up to `block_seconds` for one."""
-    first = await redis.blpop([reply_key(client_id)], timeout=block_seconds)
-    return first[1] if first else None
+async def read(
+    redis: aioredis.Redis, client_id: str, after: bytes, block_seconds: float
+) -> list[tuple[bytes, bytes]]:
+    """(id, reply) of replies after `after`, waiting up to `block_seconds` for the first."""
+    got = await redis.xread(
+        {reply_key(client_id): after}, count=READ_COUNT, block=max(1, int(block_seconds * 1000))
+    )
+    if not got:
+        return []
+    return [(entry_id, fields.get(FIELD, b"")) for entry_id, fields in got[0][1]]
 
 
-async def drain(redis: aioredis.Redis, client_id: str) -> list[bytes]:
-    """Every reply already queued for `client_id` (up to DRAIN_COUNT), without waiting."""
-    return await redis.lpop(reply_key(client_id), DRAIN_COUNT) or []
+async def trim(redis: aioredis.Redis, client_id: str, upto: bytes) -> None:
+    """Forget replies up to and including `upto` (processed)."""
+    await redis.xtrim(reply_key(client_id), minid=_successor(upto), approximate=False)
+
+
+def _successor(entry_id: bytes) -> str:
+    ms, _, seq = entry_id.decode().partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
 
 
 async def claim_idempotency(

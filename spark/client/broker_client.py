@@ -322,24 +322,19 @@ class BrokerClient:
 
     async def _read_replies(self) -> None:
         failures = 0
+        last = replies.START
+        untrimmed = 0
         while not self._closed:
             try:
-                first = await replies.wait(self._blocking, self.client_id, READ_BLOCK_SECONDS)
-                if first is None:
-                    continue
-                # Answer the first caller before fetching the rest: it has waited longest.
-                self._resolve(first)
-                if len(self._pending) <= 1:
-                    # Only the caller just answered waits (it leaves _pending when it
-                    # resumes): skip the drain's round trip; BLPOP gets anything queued.
-                    continue
-                batch = await replies.drain(self._blocking, self.client_id)
-                while batch:
-                    for item in batch:
-                        self._resolve(item)
-                    if len(batch) < replies.DRAIN_COUNT:
-                        break
-                    batch = await replies.drain(self._blocking, self.client_id)
+                if untrimmed >= replies.TRIM_EVERY or (untrimmed and not self._pending):
+                    await replies.trim(self._blocking, self.client_id, last)
+                    untrimmed = 0
+                batch = await replies.read(self._blocking, self.client_id, last, READ_BLOCK_SECONDS)
+                for _entry_id, item in batch:
+                    self._resolve(item)
+                if batch:
+                    last = batch[-1][0]
+                    untrimmed += len(batch)
                 failures = 0
             except asyncio.CancelledError:
                 raise

@@ -29,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from spark.aio import reraise_cancellation
 from spark.broker.connection import connect, describe, resolve_url
 from spark.broker.state import HashValueError, StateStore, check_namespace
 from spark.state.backend import LoopLocks, StateBackend, StateTransactionHandle
@@ -150,6 +151,7 @@ class RedisBackend(StateBackend):
         delay = _BACKOFF_FIRST
         while True:
             result = await self._call(fn)
+            reraise_cancellation()
             if result is not None:
                 return result
             if time.monotonic() >= deadline:

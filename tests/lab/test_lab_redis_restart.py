@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(240)
 
 #: Flip once replies are read non-destructively (see test_lab_reply_loss.py): accepted
 #: requests unanswered by their deadline then count as a failure here too.
-REPLY_LOSS_FIXED = False
+REPLY_LOSS_FIXED = True
 
 
 @pytest.mark.parametrize("hard_kill", [False, True], ids=["sigterm", "sigkill"])

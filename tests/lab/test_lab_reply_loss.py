@@ -1,4 +1,4 @@
-"""A reply popped from the reply list is lost when its answer never reaches the client.
+"""A reply whose delivery is cut in transit is read again, not lost.
 
 Found by test_lab_redis_restart: during a Redis restart under load, batches of accepted,
 executed and answered requests timed out at their callers. The AOF showed the worker's
@@ -13,20 +13,14 @@ import time
 
 import pytest
 
+from spark.broker import replies
 from spark.broker.envelope import encode_result
-from spark.broker.keys import reply_key
 from spark.client.broker_client import BrokerClient
 from support.lab import TcpProxy, apoll, report
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: spark/client/broker_client.py _read_replies pops replies destructively "
-    "(BLPOP, LPOP 512 in spark/broker/replies.py wait/drain); a reply whose answer is lost "
-    "in transit (Redis restart, connection cut) is gone and its caller times out",
-)
 async def test_reply_survives_a_connection_cut_while_it_is_delivered(redis_url, redis_server):
     import redis.asyncio as aioredis
 
@@ -39,11 +33,11 @@ async def test_reply_survives_a_connection_cut_while_it_is_delivered(redis_url, 
         call = asyncio.create_task(
             client.call("nobody", "echo", {}, timeout=4, request_id="lost-reply-1")
         )
-        # The request is queued (no worker serves "nobody"); the reader is blocking on BLPOP.
+        # The request is queued (no worker serves "nobody"); the reader is blocked reading.
         await apoll(lambda: r.xlen("spark:{nobody}:requests"), what="request enqueued")
         proxy.lose_answer_with(b"lost-reply-1")
-        # What a worker does: push the reply onto the client's list.
-        await r.rpush(reply_key(client.client_id), encode_result("lost-reply-1", {"ok": 1}))
+        # What a worker does: write the reply for the client.
+        await replies.push(r, [(client.client_id, encode_result("lost-reply-1", {"ok": 1}))])
         started = time.monotonic()
         outcome = await asyncio.gather(call, return_exceptions=True)
         report(

@@ -9,7 +9,6 @@ import asyncio
 from typing import Any
 
 import orjson
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -146,13 +145,5 @@ def test_client_resolver_survives_garbage_with_a_hashable_id(items: list[bytes])
     _resolve_all([*safe, b'{"id":"a","result":1}', b'{"id":"b","result":2}'])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: spark/client/broker_client.py _resolve: `self._pending.get(rid)` raises "
-    "TypeError for a reply whose id is unhashable (list/object; decode_reply in "
-    "spark/broker/envelope.py returns it as is). In _read_replies that aborts the whole "
-    "drained batch: replies after it (other callers') are lost. Fix: decode_reply should "
-    "return (None, ...) unless the id is a str, or _resolve should skip such items",
-)
 def test_client_resolver_survives_an_unhashable_reply_id() -> None:
     assert _resolve_all([b'{"id":["x"],"result":0}', b'{"id":"a","result":1}']) == [1, None]

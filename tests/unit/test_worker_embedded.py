@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from spark.broker import Envelope, registry
+from spark.broker import Envelope, registry, replies
 from spark.broker.envelope import FIELD, decode_reply
 from spark.broker.keys import GROUP, ServiceKeys, reply_key
 from spark.client.broker_client import BrokerClient
@@ -340,9 +340,10 @@ async def test_worker_answers_expired_work_without_running_it(url, client):
     assert await xlen(client, KEYS.requests) == 2
 
     async with serving(node, url):
-        await wait_until(lambda: client.redis.llen(reply_key("ghost")), what="the ghost's reply")
+        await wait_until(lambda: client.redis.xlen(reply_key("ghost")), what="the ghost's reply")
         await wait_until(lambda: _is_zero(xlen(client, KEYS.requests)), what="entries finished")
-    rid, result, err = decode_reply(await client.redis.lpop(reply_key("ghost")))
+    [(_entry_id, fields)] = await client.redis.xrange(reply_key("ghost"))
+    rid, result, err = decode_reply(fields[replies.FIELD])
     assert rid == "old-1"
     assert result is None
     assert isinstance(err, RpcTimeoutError)
