@@ -137,6 +137,10 @@ class RedisRpcNode(RpcNode):
             found = self._scripts[name] = client.register_script(lua_source(name))
         return found
 
+    async def on_stop(self) -> None:
+        """The worker drained: close what this node opened (subclasses flush first)."""
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Close this node's Redis client (the worker does not own it)."""
         client, self._client = self._client, None

@@ -8,10 +8,10 @@ seconds, on `flush`, and at shutdown. Settings: constructor arguments, else
 `$WORKERS_LOG_BUFFER_SIZE` (default 1000) and `$WORKERS_LOG_FLUSH_INTERVAL` (seconds,
 default 1.0).
 
-Shutdown: the flusher task flushes whatever is queued when it is cancelled, and
-`asyncio.run` (what `spark-worker` runs in) cancels leftover tasks and waits for them after
-the worker has drained. So a SIGTERM'd worker writes every entry it answered "queued" for
-before it exits; embedders call `await node.aclose()`. A SIGKILL (or a machine loss) loses
+Shutdown: `on_stop` (which the worker calls once it has drained, on SIGTERM or
+`stop_server()`) flushes whatever is queued, so a stopped worker writes every entry it
+answered "queued" for before it exits; the flusher task also flushes when it is cancelled.
+A SIGKILL (or a machine loss) loses
 at most one interval's worth of entries: the price of answering before the write.
 A failed write keeps the entries buffered (in order) and retries; past `max_buffered`
 entries `log` answers "overloaded" (retryable) instead of growing without bound.
@@ -145,7 +145,7 @@ class LoggingRpcNode(RedisRpcNode):
                 except Exception as exc:
                     log.warning("writing %d log entries failed: %s", len(self.log_buffer), exc)
         finally:
-            # Cancelled: by aclose(), or by asyncio.run once the worker has drained.
+            # Cancelled: by on_stop()/aclose(), or by asyncio.run at exit.
             await self._final_flush()
 
     async def _final_flush(self) -> None:
@@ -161,7 +161,7 @@ class LoggingRpcNode(RedisRpcNode):
                 await asyncio.sleep(0.2)
 
     async def aclose(self) -> None:
-        """Flush what is queued and stop the flusher (embedders call this after run_worker)."""
+        """Flush what is queued and stop the flusher (on_stop calls this)."""
         flusher, self._flusher = self._flusher, None
         if flusher is not None and not flusher.done():
             flusher.cancel()

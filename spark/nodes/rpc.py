@@ -96,6 +96,16 @@ class RpcNode(Node):
 
     # -- hooks -----------------------------------------------------------------------
 
+    async def on_start(self) -> None:
+        """Runs once in the serving process before the first request (`self.runtime` is set)."""
+
+    async def on_stop(self) -> None:
+        """Runs once after the worker stopped reading and finished every request in flight.
+
+        The place to flush buffers and close connections: `spark-worker` calls it on SIGTERM,
+        `stop_server()` calls it too.
+        """
+
     async def before_request(self, method: str, params: Any, context: ExecutionContext) -> None:
         """Runs before every handler; raise an RpcError to refuse the request."""
 
