@@ -14,6 +14,7 @@ class HookedRpcNode(RpcNode):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.events: list[str] = []
+        self.begun = asyncio.Event()
 
     async def on_start(self):
         self.events.append(f"start:{self.runtime is not None}")
@@ -23,6 +24,7 @@ class HookedRpcNode(RpcNode):
 
     async def rpc_slow(self, params, context):
         self.events.append("begun")
+        self.begun.set()
         await asyncio.sleep(params["seconds"])
         self.events.append("handled")
         return "done"
@@ -44,8 +46,7 @@ async def test_on_start_before_serving_and_on_stop_after_draining(memory_url):
     async with BrokerClient(memory_url) as client:
         call = asyncio.create_task(client.call("hooked", "slow", {"seconds": 0.2}))
         async with asyncio.timeout(5):
-            while "begun" not in node.events:
-                await asyncio.sleep(0.01)
+            await node.begun.wait()
         stop.set()  # while the handler runs: it finishes, then on_stop
         assert await call == "done"
     await task
