@@ -60,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
         help="largest JSON-RPC batch (default %(default)s)",
     )
     p.add_argument(
+        "--max-backlog",
+        type=int,
+        default=_DEFAULTS.max_backlog,
+        help="requests a service's stream may hold before -32002 overloaded (default %(default)s)",
+    )
+    p.add_argument(
         "--request-timeout",
         type=float,
         default=_DEFAULTS.request_timeout,
@@ -115,6 +121,7 @@ def config_from(args: argparse.Namespace) -> EdgeConfig:
         ssl_ca_certs=args.ssl_ca_certs,
         max_body_bytes=args.max_body_bytes,
         max_batch=args.max_batch,
+        max_backlog=args.max_backlog,
         request_timeout=args.request_timeout,
         ws_heartbeat=args.ws_heartbeat,
         ws_max_inflight=args.ws_max_inflight,

@@ -31,6 +31,7 @@ from spark.broker import (
 from spark.broker import cancel as cancelling
 from spark.broker.cancel import CancelItem
 from spark.broker.envelope import decode_reply
+from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.context import inherited_deadline
 from spark.errors import (
     InvalidParamsError,
@@ -58,9 +59,17 @@ def check_params(params: Any) -> None:
 
 
 class BrokerClient:
-    def __init__(self, url: str | None = None, *, client_id: str | None = None):
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client_id: str | None = None,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+    ):
         self.url = resolve_url(url)
         self.client_id = client_id or uuid.uuid4().hex
+        #: Requests a service's stream may hold before enqueues are refused (overloaded).
+        self.max_backlog = max_backlog
         self._redis: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
         self._writer: aioredis.Redis | None = None
@@ -129,7 +138,9 @@ class BrokerClient:
                 # Enqueues leave from one Batcher, one script call at a time: a dedicated
                 # connection spares the pool's bookkeeping on every call.
                 self._writer = connect(self.url, max_connections=1, dedicated=True)
-            q = self._queues[service] = ServiceQueue(self._writer, service)
+            q = self._queues[service] = ServiceQueue(
+                self._writer, service, max_backlog=self.max_backlog
+            )
         return q
 
     # -- calls -------------------------------------------------------------------------

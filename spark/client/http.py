@@ -152,7 +152,7 @@ class _Base:
     def __del__(self) -> None:
         # A transport dropped without aclose() (a proxy in a short script) still releases its
         # sockets; aclose() remains the way to close one cleanly.
-        session = self._session
+        session = getattr(self, "_session", None)  # None when __init__ failed
         if session is not None and not session.closed:
             with contextlib.suppress(Exception):
                 session.connector._close(abort_ssl=True)

@@ -475,13 +475,6 @@ def test_hypothesis_websocket(live, body, binary):
     check_ws(ws_probe.exchange(body, binary=binary))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: spark/runtime/edge/app.py handle_post: `await request.read()` raises "
-    "aiohttp RequestPayloadError for a body that does not decode with its Content-Encoding; "
-    "only HTTPRequestEntityTooLarge is caught, so the middleware answers 500 and logs a "
-    "traceback (should be 400 / a JSON-RPC parse error)",
-)
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 def test_undecodable_content_encoding_is_a_4xx(live, encoding):
     _edge, _worker, http_probe, _ws = live

@@ -15,10 +15,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import PayloadEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from spark.errors import (
     InternalError,
     MethodNotFoundError,
+    ParseError,
     RequestTooLargeError,
     RpcError,
     UnauthorizedError,
@@ -89,6 +92,9 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
         data = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, RequestTooLargeError("body too large", data={"max_bytes": limit}))
+    except (RequestPayloadError, PayloadEncodingError):
+        # A body that does not decode with its Content-Encoding: the client's fault.
+        return _error(400, ParseError("body does not decode with its Content-Encoding"))
     parsed = edge.parse(data)
     body = await edge.run(
         service,

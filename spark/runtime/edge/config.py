@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spark.broker.queue import DEFAULT_MAX_BACKLOG
+
 MIB = 1024 * 1024
 
 
@@ -26,13 +28,16 @@ class EdgeConfig:
     max_body_bytes: int = MIB
     #: Largest JSON-RPC batch (items).
     max_batch: int = 100
+    #: Requests a service's stream may hold before new ones are answered -32002 overloaded.
+    max_backlog: int = DEFAULT_MAX_BACKLOG
     #: Default (and largest) seconds a request may take; `X-Spark-Timeout` may shorten it.
     request_timeout: float = 30.0
     #: Seconds between WebSocket pings; a client that misses a pong is disconnected.
     ws_heartbeat: float = 20.0
     #: Requests in flight per WebSocket connection; more are answered with -32002.
     ws_max_inflight: int = 1000
-    #: Notifications queued for one slow WebSocket client before new ones are dropped.
+    #: Messages queued for one slow WebSocket client: past it, notifications are dropped,
+    #: and a client that still does not read its replies is disconnected (1013, try again).
     ws_max_queued: int = 1000
     #: Seconds `stop()` waits for requests in flight before closing their connections.
     shutdown_timeout: float = 10.0

@@ -119,7 +119,7 @@ class Edge:
     # -- lifecycle (an aiohttp cleanup context) ------------------------------------------------
 
     async def open(self) -> None:
-        self.client = BrokerClient(self.url)
+        self.client = BrokerClient(self.url, max_backlog=self.config.max_backlog)
         self.redis = connect(self.url, max_connections=4)
         self.listener = NotificationListener(
             self.url, self.on_notification, patterns=[NOTIFY_PATTERN]

@@ -36,6 +36,7 @@ class WsConnection:
         self.tasks: set[asyncio.Task] = set()
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._writer: asyncio.Task | None = None
+        self._closing = False
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=f"spark-ws-{self.client_id}")
@@ -67,7 +68,7 @@ class WsConnection:
         if parsed.requests and len(self.tasks) >= self.edge.config.ws_max_inflight:
             body = self.edge.overloaded(self.service, parsed, "websocket")
             if body is not None:
-                self._outbox.put_nowait(body.decode())
+                self._reply(body.decode())
             return
         task = asyncio.create_task(self._answer(parsed, request_options(data, parsed)))
         self.tasks.add(task)
@@ -83,7 +84,23 @@ class WsConnection:
             options=options,
         )
         if body is not None and not self.ws.closed:
-            self._outbox.put_nowait(body.decode())
+            self._reply(body.decode())
+
+    def _reply(self, text: str) -> None:
+        """Queue an answer; a client that lets too many pile up unread is disconnected.
+
+        Answers are never dropped silently (a caller would wait for nothing): the connection
+        is closed with 1013 (try again later) instead, which fails its pending calls at once.
+        """
+        if self._outbox.qsize() >= self.edge.config.ws_max_queued:
+            if not self._closing:
+                self._closing = True
+                log.warning("websocket %s does not read its replies; closing it", self.client_id)
+                asyncio.get_running_loop().create_task(
+                    self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"not reading replies")
+                )
+            return
+        self._outbox.put_nowait(text)
 
     # -- closing -------------------------------------------------------------------------
 
