@@ -85,6 +85,13 @@ def parser() -> argparse.ArgumentParser:
         help="requests in flight per WebSocket connection (default %(default)s)",
     )
     p.add_argument(
+        "--ws-max-outbox",
+        type=int,
+        default=_DEFAULTS.ws_max_outbox,
+        help="messages queued unread for one WebSocket client before it is disconnected "
+        "with 1013 and its requests in flight cancelled (default %(default)s)",
+    )
+    p.add_argument(
         "--shutdown-timeout",
         type=float,
         default=_DEFAULTS.shutdown_timeout,
@@ -125,6 +132,7 @@ def config_from(args: argparse.Namespace) -> EdgeConfig:
         request_timeout=args.request_timeout,
         ws_heartbeat=args.ws_heartbeat,
         ws_max_inflight=args.ws_max_inflight,
+        ws_max_outbox=args.ws_max_outbox,
         shutdown_timeout=args.shutdown_timeout,
         protect_metrics=not args.public_metrics,
     ).check()

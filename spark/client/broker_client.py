@@ -64,12 +64,13 @@ class BrokerClient:
         url: str | None = None,
         *,
         client_id: str | None = None,
-        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        max_backlog: int | None = None,
     ):
         self.url = resolve_url(url)
         self.client_id = client_id or uuid.uuid4().hex
-        #: Requests a service's stream may hold before enqueues are refused (overloaded).
-        self.max_backlog = max_backlog
+        #: Requests a service's stream may hold before enqueues are refused (overloaded);
+        #: None means DEFAULT_MAX_BACKLOG.
+        self.max_backlog = DEFAULT_MAX_BACKLOG if max_backlog is None else max_backlog
         self._redis: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
         self._writer: aioredis.Redis | None = None

@@ -176,6 +176,11 @@ async def _answered_or_dropped(http, base: str, n: float) -> bool:
     return clients == 0 or await _answered(http, base, n)
 
 
+async def _inflight_websocket(http, base: str, n: float) -> bool:
+    got = await metric(http, base, r'spark_edge_inflight_requests\{transport="websocket"')
+    return got == n
+
+
 async def _answered(http, base: str, n: float) -> bool:
     got = await metric(
         http, base, r'spark_edge_requests_total\{service="lab",method="echo",transport="websocket"'
@@ -232,7 +237,11 @@ async def test_a_client_that_never_reads_does_not_stall_others(redis_url, worker
 
 
 async def test_a_client_that_never_reads_cannot_grow_the_edge_without_bound(redis_url, worker):
-    edge = EdgeProcess(redis_url)
+    """Past --ws-max-outbox unread messages the edge disconnects the silent client (1013,
+    its queued replies discarded and its requests in flight cancelled) instead of holding
+    every reply: the edge's memory stays bounded and the connection is gone."""
+    max_outbox = 200
+    edge = EdgeProcess(redis_url, "--ws-max-outbox", str(max_outbox))
     try:
         await asyncio.to_thread(worker.wait_ready)
         await asyncio.to_thread(edge.start)
@@ -241,15 +250,33 @@ async def test_a_client_that_never_reads_cannot_grow_the_edge_without_bound(redi
             count, size = 2000, 24_576
             silent = await _flood(edge.port, http, edge.http, count, size)
             grown = rss_bytes(edge.pid) - base_rss
+            await apoll(
+                lambda: _clients(http, edge.http, 0),
+                timeout=15,
+                what="the silent client disconnected",
+            )
             silent.close()
+            answered = await metric(
+                http,
+                edge.http,
+                r'spark_edge_requests_total\{service="lab",method="echo",transport="websocket"',
+            )
+            await apoll(
+                lambda: _inflight_websocket(http, edge.http, 0),
+                timeout=15,
+                what="the silent client's requests cancelled",
+            )
         report(
             "silent_client_memory",
             replies=count,
             reply_kb=size // 1024,
             replies_total_mb=count * size / 2**20,
+            ws_max_outbox=max_outbox,
+            answered_before_disconnect=answered,
             edge_rss_growth_mb=grown / 2**20,
         )
         assert edge.alive
+        assert answered < count  # disconnected before the edge answered (and held) them all
         assert grown < 16 * 2**20, f"edge grew {grown / 2**20:.1f} MiB for one silent client"
     finally:
         edge.stop()
@@ -288,15 +315,15 @@ async def test_per_connection_inflight_limit_answers_overloaded(redis_url, worke
 
 
 async def test_full_backlog_answers_overloaded_instead_of_queueing(redis_url):
-    """The enqueue script refuses past ServiceQueue.max_backlog. There is no public knob
-    for it (see the xfail below), so the test sets the attribute on the client's queue."""
+    """The enqueue script refuses past the backlog cap, set with BrokerClient(max_backlog=)
+    and EdgeConfig.max_backlog (`spark-edge --max-backlog`)."""
     limit = 20
-    client = BrokerClient(redis_url)
+    client = BrokerClient(redis_url, max_backlog=limit)
     import redis.asyncio as aioredis
 
     r = aioredis.Redis.from_url(redis_url)
     try:
-        client.queue("idle").max_backlog = limit
+        assert client.queue("idle").max_backlog == limit
         refused_after: list[float] = []
 
         async def one(i: int):
@@ -315,10 +342,9 @@ async def test_full_backlog_answers_overloaded_instead_of_queueing(redis_url):
         worker = WorkerProcess(TARGET, redis_url, "--concurrency", "1", service="lab")
         await asyncio.to_thread(worker.wait_ready)
         server = await EdgeServer(
-            EdgeConfig(redis_url=redis_url, port=0, default_service="lab")
+            EdgeConfig(redis_url=redis_url, port=0, default_service="lab", max_backlog=5)
         ).start()
         try:
-            server.edge.client.queue("lab").max_backlog = 5
             async with aiohttp.ClientSession() as http:
                 batch = [
                     {"jsonrpc": "2.0", "method": "sleep", "params": {"seconds": 0.5}, "id": i}
@@ -361,3 +387,5 @@ def test_backlog_cap_is_configurable():
     assert "max_backlog" in EdgeConfig.__dataclass_fields__
     assert "--max-backlog" in parser().format_help()
     assert "max_backlog" in inspect.signature(BrokerClient).parameters
+    assert BrokerClient("redis://x", max_backlog=7).max_backlog == 7
+    assert parser().parse_args(["--max-backlog", "9"]).max_backlog == 9

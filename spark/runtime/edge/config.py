@@ -36,9 +36,12 @@ class EdgeConfig:
     ws_heartbeat: float = 20.0
     #: Requests in flight per WebSocket connection; more are answered with -32002.
     ws_max_inflight: int = 1000
-    #: Messages queued for one slow WebSocket client: past it, notifications are dropped,
-    #: and a client that still does not read its replies is disconnected (1013, try again).
+    #: Notifications queued for one slow WebSocket client before new ones are dropped.
     ws_max_queued: int = 1000
+    #: Messages (answers and notifications) queued unread for one WebSocket client; a client
+    #: that lets more pile up is disconnected with 1013 (try again later), its queued
+    #: messages discarded and its requests in flight cancelled.
+    ws_max_outbox: int = 1000
     #: Seconds `stop()` waits for requests in flight before closing their connections.
     shutdown_timeout: float = 10.0
     #: Whether `/metrics` needs a token too when tokens are configured (`/health` never does).
@@ -53,7 +56,15 @@ class EdgeConfig:
             raise ValueError("--ssl-certfile and --ssl-keyfile go together")
         if self.ssl_ca_certs and not self.ssl_certfile:
             raise ValueError("--ssl-ca-certs (mutual TLS) needs --ssl-certfile and --ssl-keyfile")
-        if self.max_body_bytes <= 0 or self.max_batch <= 0 or self.request_timeout <= 0:
+        limits = (
+            self.max_body_bytes,
+            self.max_batch,
+            self.request_timeout,
+            self.max_backlog,
+            self.ws_max_inflight,
+            self.ws_max_outbox,
+        )
+        if any(not limit > 0 for limit in limits):
             raise ValueError("limits and timeouts must be positive")
         if any(not t for t in self.auth_tokens):
             raise ValueError("an auth token cannot be empty")

@@ -8,6 +8,14 @@ on it carry that id, so a handler's `send_notification_to_client(context.metadat
 ["client_id"], ...)` reaches this connection. When the client goes away its requests still
 in flight are cancelled, and so are their handlers on the workers (except requests with an
 idempotency key, which run on until their deadline for a retry to collect).
+
+Outgoing messages wait in a per-connection outbox, which is bounded: notifications past
+`ws_max_queued` are dropped, and a client that lets `ws_max_outbox` messages pile up unread
+(it sends requests but never reads the answers) is disconnected rather than have the edge
+hold every reply in memory: the queued messages are discarded, its requests still in flight
+are cancelled (as when a client goes away), and the connection is closed with 1013 (try
+again later). If the close frame cannot be delivered within `OVERFLOW_CLOSE_GRACE` seconds
+(the client's window is shut) the TCP connection is aborted.
 """
 
 from __future__ import annotations
@@ -25,18 +33,35 @@ log = logging.getLogger("spark.edge")
 
 CLIENT_ID_HEADER = "X-Spark-Client-Id"
 
+#: Seconds a connection disconnected for not reading has to take its 1013 close frame
+#: before its TCP connection is aborted.
+OVERFLOW_CLOSE_GRACE = 1.0
+
 
 class WsConnection:
-    def __init__(self, edge: Edge, ws: web.WebSocketResponse, service: str, timeout: float):
+    def __init__(
+        self,
+        edge: Edge,
+        ws: web.WebSocketResponse,
+        service: str,
+        timeout: float,
+        transport: asyncio.BaseTransport | None = None,
+    ):
         self.edge = edge
         self.ws = ws
         self.service = service
         self.timeout = timeout
+        #: The TCP connection under `ws`, aborted when a client overflowing its outbox does
+        #: not take its close frame.
+        self.transport = transport
         self.client_id = uuid.uuid4().hex
         self.tasks: set[asyncio.Task] = set()
+        # Bounded by hand (ws_max_queued, ws_max_outbox) so finish() can always add None.
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._writer: asyncio.Task | None = None
-        self._closing = False
+        #: Set once the client overflowed its outbox: nothing more is queued for it.
+        self.overflowed = False
+        self._closer: asyncio.Task | None = None
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=f"spark-ws-{self.client_id}")
@@ -45,7 +70,12 @@ class WsConnection:
 
     def push(self, text: str) -> bool:
         """Queue a notification; False (dropped) when the client does not keep up."""
-        if self.ws.closed or self._outbox.qsize() >= self.edge.config.ws_max_queued:
+        cfg = self.edge.config
+        if (
+            self.overflowed
+            or self.ws.closed
+            or self._outbox.qsize() >= min(cfg.ws_max_queued, cfg.ws_max_outbox)
+        ):
             return False
         self._outbox.put_nowait(text)
         return True
@@ -64,6 +94,8 @@ class WsConnection:
     # -- incoming ------------------------------------------------------------------------
 
     def received(self, data: bytes | str) -> None:
+        if self.overflowed:
+            return  # being disconnected for not reading: its requests are not run
         parsed = self.edge.parse(data)
         if parsed.requests and len(self.tasks) >= self.edge.config.ws_max_inflight:
             body = self.edge.overloaded(self.service, parsed, "websocket")
@@ -87,20 +119,51 @@ class WsConnection:
             self._reply(body.decode())
 
     def _reply(self, text: str) -> None:
-        """Queue an answer; a client that lets too many pile up unread is disconnected.
+        """Queue an answer; a client that lets `ws_max_outbox` pile up unread is disconnected.
 
-        Answers are never dropped silently (a caller would wait for nothing): the connection
-        is closed with 1013 (try again later) instead, which fails its pending calls at once.
+        Answers are never dropped silently while the connection lives (a caller would wait
+        for nothing): past the limit the connection is closed with 1013 (try again later),
+        which fails the client's pending calls at once, see `_overflow`.
         """
-        if self._outbox.qsize() >= self.edge.config.ws_max_queued:
-            if not self._closing:
-                self._closing = True
-                log.warning("websocket %s does not read its replies; closing it", self.client_id)
-                asyncio.get_running_loop().create_task(
-                    self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"not reading replies")
-                )
+        if self.overflowed:
+            return
+        if self._outbox.qsize() >= self.edge.config.ws_max_outbox:
+            self._overflow()
             return
         self._outbox.put_nowait(text)
+
+    def _overflow(self) -> None:
+        """The client does not read: discard its outbox, cancel its requests in flight
+        (their handlers on the workers too) and close the connection with 1013."""
+        self.overflowed = True
+        log.warning(
+            "websocket %s has %d messages unread (ws_max_outbox); closing it with 1013",
+            self.client_id,
+            self._outbox.qsize(),
+        )
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        current = asyncio.current_task()
+        for task in list(self.tasks):
+            if task is not current:
+                task.cancel()
+        if self._writer is not None:
+            self._writer.cancel()  # it is stuck sending to a client that does not read
+        self._closer = asyncio.get_running_loop().create_task(self._close_overflowed())
+
+    async def _close_overflowed(self) -> None:
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"not reading replies"),
+                OVERFLOW_CLOSE_GRACE,
+            )
+        except Exception as exc:  # the connection goes away regardless
+            log.debug("websocket %s: close failed (%r)", self.client_id, exc)
+        finally:
+            if self.transport is not None:
+                # The close frame could not be delivered (or the handshake finished):
+                # aborting ends the receive loop either way.
+                self.transport.abort()
 
     # -- closing -------------------------------------------------------------------------
 
@@ -117,6 +180,10 @@ class WsConnection:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._closer is not None and not self._closer.done():
+            self._closer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._closer
         self._outbox.put_nowait(None)
         if self._writer is not None:
             self._writer.cancel()
@@ -135,7 +202,7 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
     timeout = edge.timeout_for(
         request.headers.get("X-Spark-Timeout") or request.query.get("timeout")
     )
-    conn = WsConnection(edge, ws, service, timeout)
+    conn = WsConnection(edge, ws, service, timeout, transport=request.transport)
     ws.headers[CLIENT_ID_HEADER] = conn.client_id
     await ws.prepare(request)
     edge.register(conn)
