@@ -103,6 +103,18 @@ class ServiceQueue:
                 e.deliveries = counts.get(e.entry_id, 1)
         return entries
 
+    async def reclaimable(self, min_idle_ms: int) -> bool:
+        """Whether some entry has sat unrenewed for `min_idle_ms` (its worker is gone)."""
+        try:
+            rows = await self.redis.xpending_range(
+                self.keys.requests, GROUP, "-", "+", 1, idle=min_idle_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            return False
+        return bool(rows)
+
     async def deliveries(self, consumer: str, entry_ids: list[bytes]) -> dict[bytes, int]:
         lo, hi = min(entry_ids), max(entry_ids)
         rows = await self.redis.xpending_range(

@@ -131,6 +131,8 @@ class Worker:
         self._writes: Batcher[_Done, bool] = Batcher(self._write)
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
+        #: Running a reclaimed entry alone (see _reclaim_loop): read nothing new meanwhile.
+        self._isolating = False
         #: "serving", then "draining" once it stopped reading (reported in heartbeats).
         self.state = "serving"
         self.processed = 0
@@ -143,6 +145,8 @@ class Worker:
 
     @property
     def free_slots(self) -> int:
+        if self._isolating:
+            return 0
         return self.config.concurrency - len(self._inflight)
 
     def stop(self) -> None:
@@ -531,22 +535,42 @@ class Worker:
         min_idle_ms = int(self.config.reclaim_after * 1000)
         while not self._stopping.is_set():
             await asyncio.sleep(interval)
-            if self._stopping.is_set() or self.free_slots <= 0:
+            if self._stopping.is_set():
                 continue
             try:
-                entries = await self.queue.reclaim(self.consumer, min_idle_ms, self.free_slots)
+                if await self.queue.reclaimable(min_idle_ms):
+                    await self._run_reclaimed_alone(min_idle_ms)
             except UNREACHABLE as exc:
                 log.warning("reclaim failed: %s", exc)
-                continue
-            for entry in entries:
-                if entry.entry_id not in self._inflight:
-                    log.warning(
-                        "reclaimed %r of %r (delivery %d)",
-                        entry.entry_id,
-                        self.config.service,
-                        entry.deliveries,
-                    )
-                    self._start(entry)
+            finally:
+                self._isolating = False
+                self._slot_free.set()
+
+    async def _run_reclaimed_alone(self, min_idle_ms: int) -> None:
+        """Take over a dead worker's entries one at a time, each with nothing else running.
+
+        One of them may be what killed that worker. Run alongside other requests, a poison
+        entry takes them down with it, they are delivered again and again, and innocent
+        requests end up dead-lettered with it. Run alone, it harms nobody: only it reaches
+        `max_deliveries`. This costs throughput only while there is something to reclaim.
+        """
+        self._isolating = True
+        while self._inflight and not self._stopping.is_set():
+            self._slot_free.clear()
+            await self._wait_stopping_or(self._slot_free.wait())
+        while not self._stopping.is_set():
+            entries = await self.queue.reclaim(self.consumer, min_idle_ms, 1)
+            if not entries:
+                return
+            entry = entries[0]
+            log.warning(
+                "reclaimed %r of %r (delivery %d), running it alone",
+                entry.entry_id,
+                self.config.service,
+                entry.deliveries,
+            )
+            self._start(entry)
+            await asyncio.wait({self._inflight[entry.entry_id]})
 
     async def _beat(self) -> None:
         cfg = self.config
