@@ -14,6 +14,7 @@ import pytest
 from spark.broker import connect, notify
 from spark.nodes.rpc import RpcNode
 from spark.runtime.edge import EdgeConfig, EdgeServer
+from support.polling import eventually as poll
 from support.processes import WorkerProcess
 from support.redis_server import RedisServer
 
@@ -47,14 +48,6 @@ class NotifyRpcNode(RpcNode):
     async def rpc_tell(self, params, context):
         await self.send_notification_to_client(params["client_id"], "direct", params.get("data"))
         return "told"
-
-
-async def poll(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

@@ -22,6 +22,7 @@ from spark.errors import DeadLetteredError
 from spark.nodes.rpc import RpcNode
 from spark.runtime.dev import DevServer
 from spark.runtime.edge import EdgeConfig, EdgeServer
+from support.polling import eventually as poll
 from support.processes import WorkerProcess, env
 from support.redis_server import free_port, wait_until
 
@@ -49,17 +50,6 @@ async def aspark(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode, out.decode(), err.decode()
-
-
-async def poll(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from spark.nodes.rpc_client import RemoteRpcProxyConfig, RemoteRpcProxyNode
 from spark.nodes.types import ExecutionContext, NodeMessage
 from spark.runtime.edge import EdgeConfig, EdgeServer
 from spark.runtime.worker import run_worker
+from support.polling import eventually as poll
 from support.processes import WorkerProcess
 from support.services import ResilienceRpcNode
 
@@ -109,17 +110,6 @@ async def runs(redis, key: str) -> int:
 async def recorded(redis, key: str) -> dict[str, float]:
     raw = await redis.hgetall(f"lab:rec:{key}")
     return {k.decode(): float(v) for k, v in raw.items()}
-
-
-async def poll(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def pending(redis, service: str = "lab") -> int:

@@ -24,6 +24,7 @@ from spark.errors import (
 from spark.nodes.rpc import RpcNode
 from spark.runtime.edge import EdgeConfig, EdgeServer
 from spark.runtime.worker import run_worker
+from support.polling import eventually as poll
 from support.redis_server import free_port
 
 pytestmark = pytest.mark.integration
@@ -77,14 +78,6 @@ async def edge(redis_url):
 
 def soon(seconds: float = 10.0) -> float:
     return time.time() + seconds
-
-
-async def poll(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def test_endpoint_rules():

@@ -14,6 +14,7 @@ from spark.broker import Envelope, ServiceQueue
 from spark.broker.keys import GROUP, ServiceKeys, reply_key
 from spark.client.broker_client import BrokerClient
 from spark.errors import DeadLetteredError, InternalError, MethodNotFoundError, RpcTimeoutError
+from support.polling import eventually as poll
 from support.processes import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -49,17 +50,6 @@ def workers(redis_url):
     yield start
     for w in started:
         w.stop()
-
-
-async def poll(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def pending_of(redis, service="lab") -> int:

@@ -14,6 +14,7 @@ import redis
 
 from spark.client.broker_client import BrokerClient
 from spark.errors import RpcError
+from support.polling import eventually
 from support.processes import WorkerProcess
 from workers import catalog
 from workers.base import OUT_OF_STOCK
@@ -35,17 +36,6 @@ def start(workers: list, target: str, url: str, service: str, *args: str) -> Wor
     w = WorkerProcess(target, url, *args, service=service)
     workers.append(w)
     return w
-
-
-async def eventually(predicate, timeout: float = 10.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 # -- inventory: no overselling under concurrency ----------------------------------------------

@@ -18,6 +18,7 @@ from spark.cli.operator import amain, main
 from spark.nodes.rpc import RpcNode
 from spark.runtime.dev import DevServer
 from spark.runtime.worker import run_worker
+from support.polling import eventually as wait_for
 
 
 class ToolRpcNode(RpcNode):
@@ -34,14 +35,6 @@ class ToolRpcNode(RpcNode):
     async def rpc_mark(self, params, context):
         self.seen.append(("mark", params))
         return {"ok": True}
-
-
-async def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

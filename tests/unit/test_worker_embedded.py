@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -32,24 +32,11 @@ from spark.graphs import Graph
 from spark.nodes import Node
 from spark.nodes.rpc import RpcNode
 from spark.runtime.worker import Worker, WorkerConfig, run_worker
+from support.polling import eventually as wait_until
 
 SECRET = "secret-detail-hunter2"
 SERVICE = "lab"
 KEYS = ServiceKeys.for_service(SERVICE)
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:
-    """Poll `predicate` (plain or async) until it is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(0.005)
 
 
 class LabRpcNode(RpcNode):

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from spark.client.broker_client import BrokerClient
 from spark.errors import InvalidParamsError, OverloadedError, RpcError
 from spark.runtime.worker import run_worker
+from support.polling import eventually
 from workers import catalog
 from workers.analytics import AnalyticsRpcNode
 from workers.base import CONFLICT, NOT_FOUND, OUT_OF_STOCK
@@ -24,20 +25,6 @@ from workers.inventory import InventoryRpcNode
 from workers.logging_service import LoggingRpcNode
 from workers.ml_inference import MLInferenceRpcNode, load_models
 from workers.order import OrderRpcNode
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    """Poll `predicate` (plain or async) until truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
