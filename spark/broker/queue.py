@@ -181,9 +181,6 @@ class ServiceQueue:
         pipe.xdel(self.keys.requests, entry.entry_id)
         await pipe.execute()
 
-    async def dead_letters(self, count: int = 100) -> list[tuple[bytes, dict]]:
-        return await self.redis.xrange(self.keys.dead, count=count)
-
     async def stats(self) -> dict[str, int]:
         """Backlog (entries not finished), pending (delivered, not finished), dead letters.
 

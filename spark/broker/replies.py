@@ -89,7 +89,3 @@ async def claim_idempotency(
     return await redis.set(
         key, RUNNING + owner, nx=True, get=True, px=max(1, int(lease_seconds * 1000))
     )
-
-
-async def release_idempotency(redis: aioredis.Redis, key: str) -> None:
-    await redis.delete(key)
