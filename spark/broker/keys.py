@@ -88,3 +88,8 @@ def client_channel(client_id: str) -> str:
 
 def state_key(namespace: str) -> str:
     return f"{PREFIX}:state:{{{namespace}}}"
+
+
+def state_lock_key(namespace: str) -> str:
+    """The transaction lock of a GraphState namespace (same hash tag as its hash)."""
+    return f"{state_key(namespace)}:lock"

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from spark.broker import scripts
-from spark.broker.keys import state_key
+from spark.broker.keys import state_key, state_lock_key
 
 NAMESPACE_MAX = 200
 
@@ -50,7 +50,7 @@ def check_namespace(namespace: str) -> str:
 
 
 def lock_key(namespace: str) -> str:
-    return f"{state_key(namespace)}:lock"
+    return state_lock_key(namespace)
 
 
 def _b(value: bytes | str) -> bytes:
