@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from spark.runtime.edge import EdgeConfig, EdgeServer
 from spark.runtime.worker import run_worker
+from support.polling import eventually
 from support.processes import WorkerProcess
 from support.redis_server import RedisServer
 from support.services import LabRpcNode
@@ -119,10 +120,11 @@ async def test_notification_gets_204_and_still_runs(edge, http, redis_url):
     assert (status, body) == (204, None)
     r = aioredis.Redis.from_url(redis_url)
     try:
-        deadline = time.monotonic() + 10
-        while int(await r.get("lab:runs:n1") or 0) < 3:
-            assert time.monotonic() < deadline, "notifications did not run"
-            await asyncio.sleep(0.02)
+
+        async def ran_three() -> bool:
+            return int(await r.get("lab:runs:n1") or 0) >= 3
+
+        await eventually(ran_three, what="the notifications to run")
     finally:
         await r.aclose()
 
@@ -268,13 +270,12 @@ async def test_health_is_503_while_redis_is_down_and_recovers(http):
             status, body, _ = await post(http, edge.url, req("echo", {}))
             assert status == 200 and body["error"]["code"] == -32003
             server.start()
-            deadline = time.monotonic() + 15
-            while True:
+
+            async def healthy() -> bool:
                 async with http.get(f"{edge.url}/health") as resp:
-                    if resp.status == 200:
-                        break
-                assert time.monotonic() < deadline, "health did not recover"
-                await asyncio.sleep(0.1)
+                    return resp.status == 200
+
+            await eventually(healthy, timeout=15, what="health to recover", interval=0.1)
     finally:
         server.cleanup()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import aiohttp
 import pytest
@@ -17,6 +16,7 @@ from spark.nodes import ExecutionContext, NodeMessage
 from spark.nodes.rpc import RpcNode
 from spark.nodes.rpc_client import RemoteRpcProxyConfig, RemoteRpcProxyNode
 from spark.runtime.server import NodeServer
+from support.polling import eventually
 from support.processes import WorkerProcess
 from support.redis_server import free_port
 
@@ -136,10 +136,12 @@ async def test_stop_server_drains_requests_in_flight(embedded):
     try:
         call = asyncio.create_task(proxy.call("slow", {"seconds": 0.5}))
         await asyncio.sleep(0)  # the request is on its way
-        started = time.monotonic()
-        while node._server.edge.edge.metrics.inflight.get("http") < 1:
-            assert time.monotonic() - started < 5, "request never reached the edge"
-            await asyncio.sleep(0.01)
+        await eventually(
+            lambda: node._server.edge.edge.metrics.inflight.get("http") >= 1,
+            timeout=5,
+            what="the request to reach the edge",
+            interval=0.01,
+        )
         await node.stop_server()
         assert await call == {"success": True}
     finally:
