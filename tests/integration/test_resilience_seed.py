@@ -18,6 +18,7 @@ from spark.nodes import Node
 from spark.nodes.rpc_client import RemoteRpcProxyConfig, RemoteRpcProxyNode
 from spark.runtime.edge import EdgeConfig, EdgeServer
 from spark.runtime.worker import run_worker
+from support.seed_patterns import CircuitBreakerProxy, FallbackProxyNode
 from support.services import ResilienceRpcNode
 
 pytestmark = pytest.mark.integration
@@ -70,50 +71,6 @@ async def test_seed_retry_with_backoff(edge, redis):
     await proxy.aclose()
 
 
-# --- seed: Error Handling / Circuit Breaker Pattern ---
-class CircuitBreakerProxy(Node):
-    """Proxy with circuit breaker for failing services."""
-
-    def __init__(self, remote_proxy, **kwargs):
-        super().__init__(**kwargs)
-        self.proxy = remote_proxy
-        self.failure_count = 0
-        self.circuit_open = False
-        self.circuit_open_time = None
-        self.threshold = 5
-        self.reset_timeout = 60.0
-
-    async def process(self, context):
-        # Check if circuit should close
-        if self.circuit_open:
-            if time.time() - self.circuit_open_time > self.reset_timeout:
-                self.circuit_open = False
-                self.failure_count = 0
-            else:
-                return {"error": "Circuit breaker open", "success": False}
-
-        # Try remote call
-        try:
-            result = await self.proxy.process(context)
-            # Success - reset counter
-            self.failure_count = 0
-            return result
-
-        except Exception as e:
-            # Failure - increment counter
-            self.failure_count += 1
-
-            if self.failure_count >= self.threshold:
-                # Open circuit
-                self.circuit_open = True
-                self.circuit_open_time = time.time()
-
-            return {"error": str(e), "success": False}
-
-
-# --- end seed ---
-
-
 async def test_seed_circuit_breaker_against_a_failing_service(edge, redis):
     remote = proxy_to(f"{edge.url}/lab", "flaky")
     breaker = CircuitBreakerProxy(remote)
@@ -130,40 +87,6 @@ async def test_seed_circuit_breaker_against_a_failing_service(edge, redis):
     assert (await graph.run(args)).content["attempts"] == 6
     assert not breaker.circuit_open and breaker.failure_count == 0
     await remote.aclose()
-
-
-# --- seed: Error Handling / Fallback Services ---
-class FallbackProxyNode(Node):
-    """Proxy with fallback to alternate service."""
-
-    def __init__(self, primary_proxy, fallback_proxy, **kwargs):
-        super().__init__(**kwargs)
-        self.primary = primary_proxy
-        self.fallback = fallback_proxy
-
-    async def process(self, context):
-        try:
-            # Try primary service
-            result = await self.primary.process(context)
-            return {"result": result, "service": "primary"}
-
-        except Exception as e:
-            # Primary failed - try fallback
-            try:
-                result = await self.fallback.process(context)
-                return {"result": result, "service": "fallback", "primary_error": str(e)}
-
-            except Exception as fallback_error:
-                # Both failed
-                return {
-                    "error": "Both services failed",
-                    "primary_error": str(e),
-                    "fallback_error": str(fallback_error),
-                    "success": False,
-                }
-
-
-# --- end seed ---
 
 
 async def test_seed_fallback_against_a_down_service(edge):

@@ -11,6 +11,7 @@ import time
 from spark.errors import ServiceUnavailableError
 from spark.graphs import Graph
 from spark.nodes import ExecutionContext, Node, NodeMessage
+from support.seed_patterns import CircuitBreakerProxy, FallbackProxyNode
 
 
 class ProcessingNode(Node):
@@ -154,50 +155,6 @@ async def test_smart_router_busy_local_goes_remote():
     assert result["processed_by"] == "remote"
 
 
-# --- seed: Error Handling / Circuit Breaker Pattern ---
-class CircuitBreakerProxy(Node):
-    """Proxy with circuit breaker for failing services."""
-
-    def __init__(self, remote_proxy, **kwargs):
-        super().__init__(**kwargs)
-        self.proxy = remote_proxy
-        self.failure_count = 0
-        self.circuit_open = False
-        self.circuit_open_time = None
-        self.threshold = 5
-        self.reset_timeout = 60.0
-
-    async def process(self, context):
-        # Check if circuit should close
-        if self.circuit_open:
-            if time.time() - self.circuit_open_time > self.reset_timeout:
-                self.circuit_open = False
-                self.failure_count = 0
-            else:
-                return {"error": "Circuit breaker open", "success": False}
-
-        # Try remote call
-        try:
-            result = await self.proxy.process(context)
-            # Success - reset counter
-            self.failure_count = 0
-            return result
-
-        except Exception as e:
-            # Failure - increment counter
-            self.failure_count += 1
-
-            if self.failure_count >= self.threshold:
-                # Open circuit
-                self.circuit_open = True
-                self.circuit_open_time = time.time()
-
-            return {"error": str(e), "success": False}
-
-
-# --- end seed ---
-
-
 async def test_circuit_breaker_passes_results_through():
     breaker = CircuitBreakerProxy(Stand({"success": True, "v": 1}))
     result = await Graph(start=breaker).run({"x": 1})
@@ -228,40 +185,6 @@ async def test_circuit_breaker_opens_after_threshold_and_closes_after_reset():
     assert result.content == {"success": True}
     assert breaker.circuit_open is False
     assert breaker.failure_count == 0
-
-
-# --- seed: Error Handling / Fallback Services ---
-class FallbackProxyNode(Node):
-    """Proxy with fallback to alternate service."""
-
-    def __init__(self, primary_proxy, fallback_proxy, **kwargs):
-        super().__init__(**kwargs)
-        self.primary = primary_proxy
-        self.fallback = fallback_proxy
-
-    async def process(self, context):
-        try:
-            # Try primary service
-            result = await self.primary.process(context)
-            return {"result": result, "service": "primary"}
-
-        except Exception as e:
-            # Primary failed - try fallback
-            try:
-                result = await self.fallback.process(context)
-                return {"result": result, "service": "fallback", "primary_error": str(e)}
-
-            except Exception as fallback_error:
-                # Both failed
-                return {
-                    "error": "Both services failed",
-                    "primary_error": str(e),
-                    "fallback_error": str(fallback_error),
-                    "success": False,
-                }
-
-
-# --- end seed ---
 
 
 async def test_fallback_uses_primary_when_healthy():
