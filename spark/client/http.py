@@ -32,6 +32,7 @@ from spark.errors import (
     RpcTimeoutError,
     UnauthorizedError,
 )
+from spark.lifetime import close_with_loop
 from spark.protocol import (
     ProtocolError,
     Request,
@@ -134,6 +135,7 @@ class _Base:
         if self._closed:
             raise RpcConnectionError("transport closed")
         if self._session is None or self._session.closed:
+            close_with_loop(self)
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=0)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=self.headers, json_serialize=None

@@ -24,6 +24,7 @@ from spark.broker.keys import ServiceKeys, client_channel
 from spark.broker.notify import Notification, NotificationListener
 from spark.client.broker_client import BrokerClient
 from spark.client.pool import release_client, shared_client
+from spark.lifetime import close_with_loop
 
 #: Called with (method, params) for every notification the transport receives.
 NotificationHandler = Callable[[str, Any], Awaitable[None] | None]
@@ -103,6 +104,7 @@ class RedisTransport:
             if inspect.isawaitable(result):
                 await result
 
+        close_with_loop(self)
         self._listener = NotificationListener(
             self.client.url,
             forward,

@@ -142,6 +142,11 @@ class WebSocketTransport(_Base):
             self._lost(ws)
 
     def _lost(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # The reader was cancelled (loop shutdown): keep the socket for aclose() to
+            # close, and start nothing new on a loop that is going away.
+            return
         if self._ws is ws:
             self._ws = None
         error = RpcConnectionError(f"connection to {self.ws_url} closed")

@@ -49,6 +49,7 @@ from tenacity import (
 from spark.broker import resolve_url
 from spark.context import inherited_deadline
 from spark.errors import RpcError, RpcTimeoutError, TransportError
+from spark.lifetime import close_with_loop
 from spark.nodes.base import Node
 from spark.nodes.policies import CircuitBreaker, Transition
 from spark.nodes.rpc import NOTIFICATION_TOPIC_PREFIX, split_input
@@ -196,6 +197,7 @@ class RemoteRpcProxyNode(Node):
     @property
     def transport(self):
         if self._transport is None:
+            close_with_loop(self)
             self._transport = _make_transport(self.config)
             if self.config.forward_notifications:
                 self._transport.on_notification = self._on_notification
