@@ -293,7 +293,7 @@ async def test_unreachable_via_dispatch(method):
     with pytest.raises(MethodNotFoundError) as info:
         await node.dispatch(method, {}, ctx())
     assert info.value.code == -32601
-    assert info.value.data == {"method": method}
+    assert info.value.data == {"method": method, "available": node.list_methods()}
     assert node.ran == []
 
 
