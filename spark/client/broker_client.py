@@ -30,6 +30,7 @@ from spark.broker import (
 )
 from spark.broker import cancel as cancelling
 from spark.broker.cancel import CancelItem
+from spark.broker.connection import is_memory
 from spark.broker.envelope import decode_reply
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.context import inherited_deadline
@@ -229,7 +230,7 @@ class BrokerClient:
             if cancel_on_abort and waiting >= remaining:
                 self.cancel(service, rid, idempotency_key)
             raise RpcTimeoutError(
-                f"no reply from {service!r} within {waiting:.3g}s",
+                f"no reply from {service!r} within {waiting:.3g}s{self._embedded_hint()}",
                 data={"service": service, "method": method},
             ) from None
         except asyncio.CancelledError:
@@ -331,8 +332,17 @@ class BrokerClient:
             cached = self._liveness[service] = (now, count)
         if cached[1] == 0:
             raise ServiceUnavailableError(
-                f"service {service!r} has no live workers", data={"service": service}
+                f"service {service!r} has no live workers{self._embedded_hint()}",
+                data={"service": service},
             )
+
+    def _embedded_hint(self) -> str:
+        if not is_memory(self.url):
+            return ""
+        return (
+            f" (on the embedded broker {self.url}, which only this process sees: set "
+            "SPARK_REDIS_URL, or pass a redis:// URL, to reach workers started elsewhere)"
+        )
 
     async def live_workers(self, service: str) -> int:
         return await registry.live_count(self.redis, self.queue(service).keys)

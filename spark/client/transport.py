@@ -128,6 +128,9 @@ class RedisTransport:
             idempotency_key=idempotency_key,
             state=state,
             wait=timeout,
+            # As the edge and `spark call` do: no live worker answers -32003 at once
+            # instead of waiting out the deadline.
+            require_workers=True,
         )
 
     def cancel(self, idempotency_key: str) -> None:
@@ -154,6 +157,13 @@ class RedisTransport:
                 return CallOutcome(error=exc)
 
         return list(await asyncio.gather(*(one(c) for c in calls)))
+
+    async def close(self) -> None:
+        """Upstream's name for `aclose()`."""
+        await self.aclose()
+
+    def is_connected(self) -> bool:
+        return self._client is not None and not self._client.closed
 
     async def aclose(self) -> None:
         if self._listener is not None:

@@ -6,6 +6,7 @@ so that a `Graph` only needs a start node: it finds the rest by walking edges.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import uuid
@@ -104,6 +105,28 @@ class EdgeBuilder:
         return other
 
 
+def _keyword_names(cls: type) -> list[str]:
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        names += [p.name for p in params if p.kind in kinds and p.name != "self"]
+    return list(dict.fromkeys(names))
+
+
+def _unexpected(cls: type, kwargs: Mapping[str, Any]) -> TypeError:
+    name = next(iter(kwargs))
+    close = difflib.get_close_matches(name, _keyword_names(cls), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return TypeError(f"{cls.__name__}() got an unexpected keyword argument {name!r}{hint}")
+
+
 class Node:
     """A step of a graph. Subclasses override `process(context)` (async or plain `def`).
 
@@ -112,8 +135,8 @@ class Node:
     node then gets `{}`).
 
     `__init__` is cooperative: subclasses take their own arguments and pass `**kwargs` on.
-    Keywords this class does not know end up in `self.options` rather than raising, so a
-    subclass hierarchy can grow options without every layer naming them.
+    A keyword no class of the hierarchy names raises `TypeError` naming the closest valid
+    one (`RemoteRpcProxyNode(confg=...)` must not quietly become a default proxy).
     """
 
     def __init__(
@@ -127,7 +150,8 @@ class Node:
         self.name: str = name or type(self).__name__
         self.id: str = id or uuid.uuid4().hex[:12]
         self.description: str | None = description
-        self.options: dict[str, Any] = dict(kwargs)
+        if kwargs:
+            raise _unexpected(type(self), kwargs)
         #: The graph that ran (or holds) this node last; set by the graph, None until then.
         self.graph: Any = None
         self._event_bus: EventPublisher | None = None

@@ -35,7 +35,7 @@ import importlib
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from tenacity import (
     AsyncRetrying,
@@ -59,17 +59,32 @@ TRANSPORTS = ("http", "websocket", "redis")
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "memory://", "memory:")
 
 
+Transport = Literal["http", "websocket", "redis"]
+#: The endpoint http/websocket proxies use when none is given (upstream's default).
+DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
+#: The budget a call gets with `request_timeout=None`: no limit of the client's own, so the
+#: server's (the edge's default timeout, the handler's deadline) is what ends a call.
+UNBOUNDED_BUDGET = 3600.0
+
+
 @dataclass
 class RemoteRpcProxyConfig:
-    #: `http(s)://host:port[/service]` for http/websocket; the broker URL for redis.
-    endpoint: str = "http://localhost:8000"
-    transport: str = "http"
+    #: `http(s)://host:port[/service]` for http/websocket (default DEFAULT_ENDPOINT); for
+    #: redis, a broker URL or nothing (the broker rule of `spark.broker.resolve_url`).
+    endpoint: str | None = None
+    transport: Transport = "http"
     #: Service name (required for transport="redis"; appended to the endpoint for http/ws).
     service: str | None = None
     #: WebSocket URL; default: the endpoint with ws(s):// and `/ws` appended.
     ws_endpoint: str | None = None
     #: Seconds one attempt may take; also bounded by the deadline of the request being served.
-    request_timeout: float = 30.0
+    #: None: no client-side limit (UNBOUNDED_BUDGET), the server's own limits apply.
+    request_timeout: float | None = 30.0
+    #: Seconds to open a connection (the WebSocket handshake, an HTTP connect).
+    connect_timeout: float = 10.0
+    #: Upstream's switch; the WebSocket is opened on first use either way (and reopened
+    #: after a drop), `await proxy.connect()` opens it beforehand.
+    auto_connect_websocket: bool = True
     headers: dict[str, str] = field(default_factory=dict)
     default_method: str | None = None
     #: Send calls as notifications (no answer; `process()` returns None).
@@ -91,21 +106,43 @@ class RemoteRpcProxyConfig:
     total_timeout: float | None = None
     #: A breaker around every call (its retries included); events go to the graph's bus.
     circuit_breaker: CircuitBreaker | None = None
-    #: Put server notifications on the graph's event bus.
-    forward_notifications: bool = True
+    #: Put server notifications on the graph's event bus (upstream's name).
+    forward_notifications_to_event_bus: bool = True
+    #: Older name of `forward_notifications_to_event_bus`; overrides it when given.
+    forward_notifications: bool | None = None
     notification_topic_prefix: str = NOTIFICATION_TOPIC_PREFIX
     notification_topic_key: str = "topic"
     notification_payload_key: str = "payload"
+    #: Node fields upstream's config carries: the proxy node's id, name and description.
+    id: str | None = None
+    name: str | None = None
+    description: str | None = None
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
-        if self.transport == "redis" and not self.service:
-            raise ValueError('transport="redis" needs service="name"')
+        if self.transport == "redis":
+            if not self.service:
+                raise ValueError('transport="redis" needs service="name"')
+            if self.endpoint and not self.endpoint.startswith(_BROKER_SCHEMES):
+                raise ValueError(
+                    f'transport="redis" talks to the broker, not to {self.endpoint!r}: give a '
+                    "broker URL (redis://...) as endpoint, or none ($SPARK_REDIS_URL), or use "
+                    'transport="http" to go through that edge'
+                )
+        elif self.endpoint is None:
+            self.endpoint = DEFAULT_ENDPOINT
+        if self.forward_notifications is not None:
+            self.forward_notifications_to_event_bus = self.forward_notifications
         if self.max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        if self.request_timeout <= 0:
-            raise ValueError("request_timeout must be > 0")
+        if self.request_timeout is not None and self.request_timeout <= 0:
+            raise ValueError("request_timeout must be > 0 (or None: no client-side limit)")
+
+    @property
+    def attempt_timeout(self) -> float:
+        """Seconds one attempt waits (`request_timeout`, or UNBOUNDED_BUDGET for None)."""
+        return UNBOUNDED_BUDGET if self.request_timeout is None else self.request_timeout
 
     def retry_waits(self) -> list[float]:
         """The waits between attempts, without jitter (the seed's config: [1.0, 2.0, 4.0])."""
@@ -117,8 +154,8 @@ class RemoteRpcProxyConfig:
         if self.total_timeout is not None:
             return self.total_timeout
         if self.max_retries == 0:
-            return self.request_timeout
-        return self.request_timeout * (self.max_retries + 1) + sum(self.retry_waits())
+            return self.attempt_timeout
+        return self.attempt_timeout * (self.max_retries + 1) + sum(self.retry_waits())
 
 
 class _FakeAttempt:
@@ -161,8 +198,7 @@ def _make_transport(config: RemoteRpcProxyConfig):
     if config.transport == "redis":
         from spark.client.transport import RedisTransport
 
-        url = config.endpoint if config.endpoint.startswith(_BROKER_SCHEMES) else None
-        return RedisTransport(resolve_url(url), config.service)
+        return RedisTransport(resolve_url(config.endpoint), config.service)
     module, name = {
         "http": ("spark.client.http", "HttpTransport"),
         "websocket": ("spark.client.websocket", "WebSocketTransport"),
@@ -177,6 +213,7 @@ def _make_transport(config: RemoteRpcProxyConfig):
         ssl_ca_certs=config.ssl_ca_certs,
         ssl_certfile=config.ssl_certfile,
         ssl_keyfile=config.ssl_keyfile,
+        connect_timeout=config.connect_timeout,
     )
 
 
@@ -190,24 +227,38 @@ def _state_namespace(graph_state: Any) -> str | None:
 
 class RemoteRpcProxyNode(Node):
     def __init__(self, config: RemoteRpcProxyConfig | None = None, **kwargs: Any) -> None:
+        config = config or RemoteRpcProxyConfig()
+        for field_name in ("id", "name", "description"):
+            if kwargs.get(field_name) is None and getattr(config, field_name) is not None:
+                kwargs[field_name] = getattr(config, field_name)
         super().__init__(**kwargs)
-        self.config = config or RemoteRpcProxyConfig()
+        self.config = config
         self._transport: Any = None
 
     @property
-    def transport(self):
+    def transport(self) -> Any:
         if self._transport is None:
             close_with_loop(self)
             self._transport = _make_transport(self.config)
-            if self.config.forward_notifications:
+            if self.config.forward_notifications_to_event_bus:
                 self._transport.on_notification = self._on_notification
         return self._transport
+
+    async def _ensure_transport(self) -> Any:
+        """The transport, made if needed (upstream's name, used by its docs' examples)."""
+        return self.transport
+
+    async def connect(self) -> None:
+        """Open the connection now rather than on the first call (WebSocket transport)."""
+        connect = getattr(self.transport, "connect", None)
+        if connect is not None:
+            await connect()
 
     # -- calling -----------------------------------------------------------------------
 
     def _deadline(self, budget: float | None = None) -> float:
         """Now + `budget` (default request_timeout), never past the inherited deadline."""
-        deadline = time.time() + (self.config.request_timeout if budget is None else budget)
+        deadline = time.time() + (self.config.attempt_timeout if budget is None else budget)
         inherited = inherited_deadline()
         return min(deadline, inherited) if inherited is not None else deadline
 
@@ -298,7 +349,7 @@ class RemoteRpcProxyNode(Node):
             return None
         # Wait one request_timeout for this attempt; the request itself may live until the
         # call's deadline, for a retry to collect its answer.
-        wait = self.config.request_timeout
+        wait = self.config.attempt_timeout
         timeout = wait if time.time() + wait < deadline else None
         return await self.transport.call(
             method, params, deadline=deadline, idempotency_key=key, state=state, timeout=timeout
