@@ -36,9 +36,17 @@ from spark.nodes.types import ExecutionContext, NodeMessage
 
 log = logging.getLogger("spark.rpc")
 
-#: Upstream's name for a JSON-RPC error: raise `JsonRpcError(code, message, data)` in a
-#: handler to answer exactly that error.
-JsonRpcError = RpcError
+
+class JsonRpcError(RpcError):
+    """Upstream's JSON-RPC error: raise `JsonRpcError(code, message, data)` in a handler
+    (or a hook) to answer exactly that error."""
+
+    def __init__(self, code: int, message: str | None = None, data: Any = None) -> None:
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError(f"code must be an int, got {code!r}")
+        super().__init__(message, data, code=code)
+
+
 #: Upstream's constants (also in spark.errors under their JSON-RPC names).
 SERVER_ERROR = -32000
 TIMEOUT_ERROR = TIMEOUT
@@ -88,12 +96,19 @@ def attribute_for(method: str) -> str | None:
 def split_input(content: Any, metadata: dict | None, default_method: str | None) -> tuple[str, Any]:
     """(method, params) from a node's input, the rule proxies and local RpcNodes share.
 
-    The method comes from `content["method"]`, else `metadata["rpc"]["method"]`, else
+    A str content is the method name (no params) when neither the metadata nor
+    `default_method` names one. Otherwise the method comes from
+    `content["method"]`, else `metadata["rpc"]["method"]`, else
     `default_method`, else `"process"`. Params are `content["params"]` when present, else
     the rest of the content.
     """
     method = None
     params: Any = content
+    rpc_meta = (metadata or {}).get("rpc")
+    named = isinstance(rpc_meta, dict) and isinstance(rpc_meta.get("method"), str)
+    if isinstance(content, str) and not named and not default_method:
+        # Upstream's shortest form: the content is the method name, called with no params.
+        return content, {}
     if isinstance(content, dict):
         method = content.get("method")
         if "params" in content:

@@ -367,11 +367,20 @@ class RemoteRpcProxyNode(Node):
 
     async def process(self, context: ExecutionContext) -> Any:
         inputs = context.inputs
-        method, params = split_input(inputs.content, inputs.metadata, self.config.default_method)
+        content = inputs.content
+        notify = None
+        if isinstance(content, dict) and content.get("notify") is True:
+            # Upstream's "send this as a notification" flag, not a parameter.
+            notify, content = True, {k: v for k, v in content.items() if k != "notify"}
+        method, params = split_input(content, inputs.metadata, self.config.default_method)
         rpc_meta = (inputs.metadata or {}).get("rpc")
         key = rpc_meta.get("idempotency_key") if isinstance(rpc_meta, dict) else None
         return await self.call(
-            method, params, idempotency_key=key, state=_state_namespace(context.graph_state)
+            method,
+            params,
+            idempotency_key=key,
+            state=_state_namespace(context.graph_state),
+            notify=notify,
         )
 
     # -- notifications -----------------------------------------------------------------
