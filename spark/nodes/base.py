@@ -196,7 +196,10 @@ class Node:
         except Exception as exc:
             # The caller learns that it failed, not how: tracebacks stay in the server's log.
             log.exception("%s.process raised", self.name)
-            raise InternalError(data={"method": method}) from exc
+            data = {"method": method}
+            if getattr(self, "expose_errors", False):  # set by `spark-worker --expose-errors`
+                data.update(type=type(exc).__name__, message=str(exc))
+            raise InternalError(data=data) from exc
         return out.content if isinstance(out, NodeMessage) else out
 
     # -- events ----------------------------------------------------------------

@@ -417,14 +417,27 @@ class RpcNode(Node):
     async def send_notification_to_client(
         self, client_id: str | None, method: str, params: Any = None
     ) -> None:
-        """Tell one client; in a handler, `context.metadata["rpc"]["client_id"]` is the caller."""
+        """Tell one client; in a handler, `context.metadata["rpc"]["client_id"]` is the caller.
+
+        Raises ValueError (as upstream) when the client is known not to be connected: no
+        edge or proxy listens for that id, or (serving in-process) the id is neither one of
+        this node's WebSocket clients nor the caller being served. Outside a server (a node
+        in a local graph) the notification goes to the graph's event bus.
+        """
+        call = current_call.get()
         if client_id is None:
-            call = current_call.get()
             client_id = call.client_id if call else None
-        if self.runtime is not None and client_id is not None:
-            await self.runtime.notify(self.service, client_id, method, params)
-        else:
+        if self.runtime is None:
             await self.publish_event(f"{NOTIFICATION_TOPIC_PREFIX}.{method}", params)
+            return
+        if client_id is None:
+            raise ValueError("send_notification_to_client needs a client id outside a request")
+        server = getattr(self, "_server", None)
+        caller = call.client_id if call else None
+        if server is not None and client_id != caller and client_id not in self.websocket_clients:
+            raise ValueError(f"client {client_id!r} is not connected")
+        if await self.runtime.notify(self.service, client_id, method, params) == 0:
+            raise ValueError(f"client {client_id!r} is not connected (nobody listens for it)")
 
 
 class _HookStyles:

@@ -358,3 +358,87 @@ async def test_method_not_found_from_a_proxy(data_server):
         with pytest.raises(MethodNotFoundError) as info:
             await proxy.call("nope")
     assert "getData" in info.value.data["available"]
+
+
+class NotifyingRpcNode(RpcNode):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.subscriptions = {}
+        self.gone: list[str] = []
+
+    async def on_websocket_connect(self, client_id, websocket):
+        self.subscriptions[client_id] = websocket
+        await self.send_notification_to_client(
+            client_id,
+            "welcome",
+            {
+                "message": "Connected to RPC server",
+                "client_id": client_id,
+                "server_version": "1.0.0",
+            },
+        )
+
+    async def on_websocket_disconnect(self, client_id, websocket):
+        if client_id in self.subscriptions:
+            del self.subscriptions[client_id]
+        self.gone.append(client_id)
+
+    async def rpc_clients(self, params, context):
+        return sorted(self.websocket_clients)
+
+    async def rpc_tell(self, params, context):
+        await self.send_notification_to_client(params["client_id"], "hello", {})
+        return "told"
+
+
+async def test_websocket_hooks_clients_and_unknown_client_ids():
+    node = NotifyingRpcNode(host="127.0.0.1", port=free_port(), expose_errors=True)
+    await node.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://127.0.0.1:{node.port}/ws") as ws:
+                welcome = await asyncio.wait_for(ws.receive_json(), timeout=10)
+                assert welcome["method"] == "welcome"
+                client_id = welcome["params"]["client_id"]
+                assert client_id in node.subscriptions
+
+                async def call(method, params, rid):
+                    await ws.send_json(
+                        {"jsonrpc": "2.0", "method": method, "params": params, "id": rid}
+                    )
+                    return await asyncio.wait_for(ws.receive_json(), timeout=10)
+
+                assert (await call("clients", {}, 1))["result"] == [client_id]
+                # The notification and the reply travel apart: either may come first.
+                first = await call("tell", {"client_id": client_id}, 2)
+                second = await ws.receive_json(timeout=10)
+                got = {m.get("method") or m.get("result") for m in (first, second)}
+                assert got == {"hello", "told"}
+                # An unknown id raises ValueError in the handler (as upstream); with
+                # expose_errors the caller sees what it was.
+                error = (await call("tell", {"client_id": "nobody"}, 3))["error"]
+                assert error["code"] == -32603
+                assert error["data"]["type"] == "ValueError"
+                assert "nobody" in error["data"]["message"]
+        await eventually(lambda: node.gone == [client_id])
+        assert node.websocket_clients == {}
+    finally:
+        await node.shutdown()
+
+
+async def test_on_websocket_disconnect_with_the_client_id_alone():
+    class Node1(RpcNode):
+        gone: list = []
+
+        async def on_websocket_disconnect(self, client_id):
+            self.gone.append(client_id)
+
+    node = Node1(host="127.0.0.1", port=free_port())
+    await node.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://127.0.0.1:{node.port}/ws"):
+                pass
+        await eventually(lambda: len(node.gone) == 1)
+    finally:
+        await node.shutdown()
