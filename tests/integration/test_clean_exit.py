@@ -31,7 +31,7 @@ EXIT_BUDGET = 5.0
 
 SCRIPT = """
 import asyncio, sys, time
-from spark import Graph, RemoteRpcProxyConfig, RemoteRpcProxyNode
+from spark import Graph, GraphState, RedisBackend, RemoteRpcProxyConfig, RemoteRpcProxyNode
 from spark.nodes.types import ExecutionContext, NodeMessage
 
 TRANSPORT, MODE, EDGE = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -50,6 +50,10 @@ async def main():
         out = await proxy.process(ExecutionContext(inputs=NodeMessage(content=request)))
     elif MODE == "graph":
         out = (await Graph(start=proxy).run(request)).content
+    elif MODE == "state":  # a Redis-backed GraphState nobody closes either
+        state = GraphState(backend=RedisBackend(namespace="exit-test"))
+        await state.set("seen", True)
+        out = (await Graph(start=proxy, state=state).run(request)).content
     else:  # "with": the README's form
         async with Graph(start=proxy) as graph:
             out = (await graph.run(request)).content
@@ -82,7 +86,7 @@ def services(redis_server, tmp_path_factory):
         worker.stop()
 
 
-@pytest.mark.parametrize("mode", ["direct", "graph", "with"])
+@pytest.mark.parametrize("mode", ["direct", "graph", "with", "state"])
 @pytest.mark.parametrize("transport", ["redis", "http", "websocket"])
 def test_script_exits_at_once_with_nothing_on_stderr(services, transport, mode):
     url, edge, script = services
