@@ -34,6 +34,7 @@ from __future__ import annotations
 import importlib
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -149,13 +150,19 @@ class RemoteRpcProxyConfig:
         wait = _wait(self, jitter=False)
         return [wait(_FakeAttempt(n)) for n in range(1, self.max_retries + 1)]
 
-    def call_budget(self) -> float:
-        """Seconds one call may take, every attempt and wait included."""
-        if self.total_timeout is not None:
+    def call_budget(self, attempt: float | None = None) -> float:
+        """Seconds one call may take, every attempt and wait included (`attempt`: a
+        per-call override of `request_timeout`, which `total_timeout` does not cap)."""
+        if self.total_timeout is not None and attempt is None:
             return self.total_timeout
+        per_attempt = self.attempt_timeout if attempt is None else attempt
         if self.max_retries == 0:
-            return self.attempt_timeout
-        return self.attempt_timeout * (self.max_retries + 1) + sum(self.retry_waits())
+            return per_attempt
+        return per_attempt * (self.max_retries + 1) + sum(self.retry_waits())
+
+
+#: A per-call `request_timeout` (`call(timeout=...)`), seen by every attempt of that call.
+_timeout_override: ContextVar[float | None] = ContextVar("spark_proxy_timeout", default=None)
 
 
 class _FakeAttempt:
@@ -284,13 +291,25 @@ class RemoteRpcProxyNode(Node):
         idempotency_key: str | None = None,
         state: str | None = None,
         notify: bool | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Call the remote method (with the configured retries) and return its result.
 
         With retries on, every attempt of one call carries the same idempotency key (one
         is made up when the caller gave none), so a retry after a lost answer is answered
-        from the first run instead of running the handler again.
+        from the first run instead of running the handler again. `timeout` replaces
+        `request_timeout` for this call (upstream's `metadata["rpc"]["timeout"]`).
         """
+        if timeout is not None:
+            if not timeout > 0:
+                raise ValueError("timeout must be > 0")
+            token = _timeout_override.set(timeout)
+            try:
+                return await self.call(
+                    method, params, idempotency_key=idempotency_key, state=state, notify=notify
+                )
+            finally:
+                _timeout_override.reset(token)
         breaker = self.config.circuit_breaker
         if breaker is None:
             return await self._call(method, params, idempotency_key, state, notify)
@@ -314,7 +333,7 @@ class RemoteRpcProxyNode(Node):
     ) -> Any:
         cfg = self.config
         as_notification = cfg.notify if notify is None else notify
-        deadline = self._deadline(cfg.call_budget())
+        deadline = self._deadline(cfg.call_budget(_timeout_override.get()))
         if cfg.max_retries == 0:
             return await self._attempt(
                 method, params, idempotency_key, state, as_notification, deadline
@@ -349,7 +368,8 @@ class RemoteRpcProxyNode(Node):
             return None
         # Wait one request_timeout for this attempt; the request itself may live until the
         # call's deadline, for a retry to collect its answer.
-        wait = self.config.attempt_timeout
+        override = _timeout_override.get()
+        wait = self.config.attempt_timeout if override is None else override
         timeout = wait if time.time() + wait < deadline else None
         return await self.transport.call(
             method, params, deadline=deadline, idempotency_key=key, state=state, timeout=timeout
@@ -374,13 +394,15 @@ class RemoteRpcProxyNode(Node):
             notify, content = True, {k: v for k, v in content.items() if k != "notify"}
         method, params = split_input(content, inputs.metadata, self.config.default_method)
         rpc_meta = (inputs.metadata or {}).get("rpc")
-        key = rpc_meta.get("idempotency_key") if isinstance(rpc_meta, dict) else None
+        rpc_meta = rpc_meta if isinstance(rpc_meta, dict) else {}
+        timeout = rpc_meta.get("timeout")
         return await self.call(
             method,
             params,
-            idempotency_key=key,
+            idempotency_key=rpc_meta.get("idempotency_key"),
             state=_state_namespace(context.graph_state),
             notify=notify,
+            timeout=timeout if isinstance(timeout, int | float) and timeout > 0 else None,
         )
 
     # -- notifications -----------------------------------------------------------------

@@ -54,6 +54,18 @@ async def main():
         state = GraphState(backend=RedisBackend(namespace="exit-test"))
         await state.set("seen", True)
         out = (await Graph(start=proxy, state=state).run(request)).content
+    elif MODE == "leak":  # a client used directly and dropped, never closed
+        params = {"text": request["text"]}
+        if TRANSPORT == "redis":
+            from spark.client.broker_client import BrokerClient
+
+            out = await BrokerClient().call("analysis", "analyze", params, timeout=30)
+        else:
+            from spark.client.http import HttpTransport
+            from spark.client.websocket import WebSocketTransport
+
+            cls = HttpTransport if TRANSPORT == "http" else WebSocketTransport
+            out = await cls(EDGE + "/analysis").call("analyze", params, deadline=time.time() + 30)
     else:  # "with": the README's form
         async with Graph(start=proxy) as graph:
             out = (await graph.run(request)).content
@@ -86,7 +98,7 @@ def services(redis_server, tmp_path_factory):
         worker.stop()
 
 
-@pytest.mark.parametrize("mode", ["direct", "graph", "with", "state"])
+@pytest.mark.parametrize("mode", ["direct", "graph", "with", "state", "leak"])
 @pytest.mark.parametrize("transport", ["redis", "http", "websocket"])
 def test_script_exits_at_once_with_nothing_on_stderr(services, transport, mode):
     url, edge, script = services

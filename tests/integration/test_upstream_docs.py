@@ -442,3 +442,27 @@ async def test_on_websocket_disconnect_with_the_client_id_alone():
         await eventually(lambda: len(node.gone) == 1)
     finally:
         await node.shutdown()
+
+
+class BudgetRpcNode(RpcNode):
+    async def rpc_longOp(self, params, context):
+        return {"budget": context.metadata["rpc"]["deadline"] - time.time()}
+
+
+async def test_timeout_override_through_node_message_metadata():
+    node = BudgetRpcNode(host="127.0.0.1", port=free_port())
+    await node.start_server()
+    config = RemoteRpcProxyConfig(endpoint=f"http://127.0.0.1:{node.port}", request_timeout=5.0)
+    try:
+        async with RemoteRpcProxyNode(config=config) as proxy:
+            message = NodeMessage(content={"method": "longOp"}, metadata={"rpc": {"timeout": 20.0}})
+            overridden = await proxy.process(ExecutionContext(inputs=message))
+            plain = await proxy.process(
+                ExecutionContext(inputs=NodeMessage(content={"method": "longOp"}))
+            )
+    finally:
+        await node.shutdown()
+    # The budget travels with the request: the handler sees the caller's own (the edge
+    # caps budgets at its request_timeout, 30 s by default).
+    assert 10 < overridden["budget"] <= 20
+    assert plain["budget"] <= 5
