@@ -81,6 +81,8 @@ class Graph:
             if state is not None
             else GraphState(initial_state=initial_state, backend=state_backend)
         )
+        #: A backend handed over as `state_backend` is the graph's to close.
+        self._owns_backend = state is None and state_backend is not None
         self.name = name or type(self).__name__
         self.max_steps = max_steps
         self.event_bus = event_bus if event_bus is not None else EventBus()
@@ -187,10 +189,15 @@ class Graph:
         """Close what the graph's nodes opened (proxies' connections, readers, sessions).
 
         Nodes without an `aclose()` are skipped; a node shared with another graph is closed
-        too, and reopens by itself on its next use.
+        too, and reopens by itself on its next use. A `state_backend` given to the
+        constructor is closed as well (a `state=` given whole stays the caller's).
         """
         for node in self.nodes:
             close = getattr(node, "aclose", None)
+            if close is not None:
+                await close()
+        if self._owns_backend:
+            close = getattr(self.state.backend, "aclose", None)
             if close is not None:
                 await close()
 

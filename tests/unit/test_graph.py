@@ -9,7 +9,7 @@ import pytest
 from spark.errors import RpcError, ServiceUnavailableError
 from spark.graphs import EventBus, Graph, MaxStepsExceededError
 from spark.nodes import Node, NodeMessage
-from spark.state import GraphState
+from spark.state import GraphState, MemoryBackend
 
 
 class Add(Node):
@@ -444,3 +444,29 @@ async def test_failing_subscriber_does_not_fail_the_run():
 
     graph.event_bus.subscribe("*", broken)
     assert (await graph.run({"value": 1})).content == {"value": 2}
+
+
+async def test_async_with_graph_closes_its_nodes_and_the_backend_it_was_given():
+    closed: list[str] = []
+
+    class Closing(Node):
+        async def process(self, context):
+            return {}
+
+        async def aclose(self):
+            closed.append(self.name)
+
+    class Backend(MemoryBackend):
+        async def aclose(self):
+            closed.append("backend")
+            await super().aclose()
+
+    a, b = Closing(name="a"), Closing(name="b")
+    a >> b
+    async with Graph(start=a, state_backend=Backend()) as graph:
+        await graph.run()
+    assert closed == ["a", "b", "backend"]
+    closed.clear()
+    async with Graph(start=a, state=GraphState(backend=Backend())):
+        pass
+    assert closed == ["a", "b"]  # a state given whole stays open
