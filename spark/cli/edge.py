@@ -31,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--redis", help="broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0)"
+        "--redis", help="broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0 if a Redis answers there, else the embedded broker)"
     )
     p.add_argument("--host", default=_DEFAULTS.host, help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=_DEFAULTS.port, help="default %(default)s")

@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="module:Class or module:factory")
     p.add_argument("--service", help="service name (default: derived from the class name)")
     p.add_argument(
-        "--redis", help="broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0)"
+        "--redis", help="broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0 if a Redis answers there, else the embedded broker)"
     )
     p.add_argument(
         "--concurrency",
