@@ -22,6 +22,12 @@ def setup_logging(level: str | None = None) -> None:
     )
 
 
+REDIS_HELP = (
+    "broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0 if a Redis "
+    "answers there, else the embedded broker)"
+)
+
+
 def cli_redis_url(explicit: str | None) -> str:
     """--redis, else the library's rule (`spark.broker.connection.resolve_url`)."""
     return resolve_url(explicit)

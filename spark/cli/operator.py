@@ -33,11 +33,16 @@ from redis.exceptions import RedisError
 from spark.broker import UNREACHABLE, admin, connect, describe, registry
 from spark.broker.keys import check_name
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
-from spark.cli.common import cli_redis_url, install_stop_signals, load_target, setup_logging
+from spark.cli.common import (
+    REDIS_HELP,
+    cli_redis_url,
+    install_stop_signals,
+    load_target,
+    setup_logging,
+)
 from spark.errors import RpcError, ServiceUnavailableError, TransportError
 
 PROG = "spark"
-REDIS_HELP = "broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0 if a Redis answers there, else the embedded broker)"
 #: Longest wait `spark status` spends measuring throughput by default.
 DEFAULT_SAMPLE_SECONDS = 3.0
 

@@ -14,7 +14,13 @@ import sys
 from spark.broker import connect, registry
 from spark.broker.connection import describe
 from spark.broker.keys import ServiceKeys
-from spark.cli.common import cli_redis_url, install_stop_signals, load_target, setup_logging
+from spark.cli.common import (
+    REDIS_HELP,
+    cli_redis_url,
+    install_stop_signals,
+    load_target,
+    setup_logging,
+)
 from spark.runtime.supervisor import Supervisor
 from spark.runtime.worker import WorkerConfig, run_worker, service_of
 
@@ -29,9 +35,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", help="module:Class or module:factory")
     p.add_argument("--service", help="service name (default: derived from the class name)")
-    p.add_argument(
-        "--redis", help="broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0 if a Redis answers there, else the embedded broker)"
-    )
+    p.add_argument("--redis", help=REDIS_HELP)
     p.add_argument(
         "--concurrency",
         type=int,
