@@ -36,7 +36,7 @@ import time
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from tenacity import (
     AsyncRetrying,
@@ -56,11 +56,11 @@ from spark.nodes.policies import CircuitBreaker, Transition
 from spark.nodes.rpc import NOTIFICATION_TOPIC_PREFIX, split_input
 from spark.nodes.types import ExecutionContext
 
-TRANSPORTS = ("http", "websocket", "redis")
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "memory://", "memory:")
 
 
-Transport = Literal["http", "websocket", "redis"]
+TransportName = Literal["http", "websocket", "redis"]
+TRANSPORTS: tuple[TransportName, ...] = get_args(TransportName)
 #: The endpoint http/websocket proxies use when none is given (upstream's default).
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 #: The budget a call gets with `request_timeout=None`: no limit of the client's own, so the
@@ -73,7 +73,7 @@ class RemoteRpcProxyConfig:
     #: `http(s)://host:port[/service]` for http/websocket (default DEFAULT_ENDPOINT); for
     #: redis, a broker URL or nothing (the broker rule of `spark.broker.resolve_url`).
     endpoint: str | None = None
-    transport: Transport = "http"
+    transport: TransportName = "http"
     #: Service name (required for transport="redis"; appended to the endpoint for http/ws).
     service: str | None = None
     #: WebSocket URL; default: the endpoint with ws(s):// and `/ws` appended.
