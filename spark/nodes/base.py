@@ -154,6 +154,8 @@ class Node:
             raise _unexpected(type(self), kwargs)
         #: The graph that ran (or holds) this node last; set by the graph, None until then.
         self.graph: Any = None
+        #: Set by the worker serving this node (notifications, state, the handler threads).
+        self.runtime: Any = None
         self._event_bus: EventPublisher | None = None
         self._edges: list[Edge] = []
 
@@ -189,8 +191,16 @@ class Node:
             },
             node_name=self.name,
         )
+        run_sync = getattr(self.runtime, "run_sync", None)
         try:
-            out = await self.invoke(context)
+            if run_sync is not None and not inspect.iscoroutinefunction(self.process):
+                # A plain `def process` served by a worker: in its handler threads, so the
+                # worker's loop (heartbeat, other requests) goes on meanwhile.
+                out = await run_sync(self.process, context)
+                if inspect.isawaitable(out):
+                    out = await out
+            else:
+                out = await self.invoke(context)
         except RpcError:
             raise
         except Exception as exc:

@@ -163,8 +163,6 @@ class RpcNode(Node):
         self.ssl_ca_certs = ssl_ca_certs
         self.redis_url = redis_url
         self.service = service or default_service_name(type(self).__name__)
-        #: Set by the runtime serving this node: publishes notifications and opens state.
-        self.runtime: Any = None
         self._signatures: dict[str, inspect.Signature] = {}
 
     # -- hooks -----------------------------------------------------------------------

@@ -126,3 +126,20 @@ async def test_a_service_called_without_a_graph_state_has_its_own(memory_url):
     async with serving(FirstRpcNode(), memory_url), BrokerClient(memory_url) as client:
         hits = [await client.call(SERVICE, "hit", {}, timeout=10) for _ in range(3)]
     assert hits == [1, 2, 3]
+
+
+async def test_a_plain_node_with_a_def_process_is_served_from_a_thread(memory_url):
+    release, started = threading.Event(), threading.Event()
+
+    class Blocking(Node):
+        def process(self, context):
+            started.set()
+            assert release.wait(30)  # on the loop, this would wait out its 30 s and fail
+            return {"thread": threading.current_thread().name}
+
+    async with serving(Blocking(), memory_url), BrokerClient(memory_url) as client:
+        blocked = asyncio.create_task(client.call(SERVICE, "process", {}, timeout=60))
+        # The worker shares this loop (embedded broker): getting here means it is free.
+        await asyncio.to_thread(started.wait, 10)
+        release.set()
+        assert (await blocked)["thread"].startswith("spark-handler")
