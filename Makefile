@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 REDIS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis-server lint test test-unit test-integration demo bench lab soak clean
+.PHONY: venv redis-server lint typecheck test test-unit test-integration demo bench lab soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,9 +22,13 @@ redis-server:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
-lint: venv
+lint: venv typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy strict on spark/ (settings in pyproject.toml's [tool.mypy]).
+typecheck: venv
+	$(BIN)/mypy
 
 test: venv redis-server lint
 	$(BIN)/pytest -q
@@ -51,4 +55,4 @@ soak: venv redis-server
 	$(BIN)/python tests/lab/soak.py --minutes $(MINUTES)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
