@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-async def cancel_and_wait(*tasks: asyncio.Task | None, timeout: float = 10.0) -> None:
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None, timeout: float = 10.0) -> None:
     """Cancel tasks and wait until they are done, cancelling again while they are not.
 
     redis-py (8.x asyncio) can swallow a cancellation that lands while a reply is being
@@ -21,8 +21,8 @@ async def cancel_and_wait(*tasks: asyncio.Task | None, timeout: float = 10.0) ->
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while live and loop.time() < deadline:
-        for task in live:
-            task.cancel()
+        for pending in live:
+            pending.cancel()
         _done, live = await asyncio.wait(live, timeout=0.05)
     for task in tasks:
         if task is not None and task.done() and not task.cancelled():
@@ -42,9 +42,9 @@ class Batcher(Generic[T, R]):
 
     def __init__(self, send: Callable[[list[T]], Awaitable[list[R | BaseException]]]):
         self._send = send
-        self._queue: list[tuple[T, asyncio.Future]] = []
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._busy = False
-        self._drainer: asyncio.Task | None = None
+        self._drainer: asyncio.Task[None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -52,7 +52,7 @@ class Batcher(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         if self._busy:
-            fut = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
             self._queue.append((item, fut))
             return await fut
         self._busy = True

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
 log = logging.getLogger("spark.lifetime")
@@ -41,7 +41,13 @@ class _Closer:
     def add(self, obj: Closable) -> None:
         key = id(obj)
         if key not in self._owned:
-            self._owned[key] = weakref.ref(obj, lambda _ref, key=key: self._owned.pop(key, None))
+            self._owned[key] = weakref.ref(obj, self._forget(key))
+
+    def _forget(self, key: int) -> Callable[[weakref.ref[Any]], None]:
+        def forget(_ref: weakref.ref[Any]) -> None:
+            self._owned.pop(key, None)
+
+        return forget
 
     async def _run(self) -> AsyncGenerator[None, None]:
         try:

@@ -147,7 +147,7 @@ class Graph:
                 pending.difference_update(done)
                 # Look at every finished task's exception (so none goes "never retrieved")
                 # before acting on any result.
-                failed = [task.exception() for task in done if task.exception() is not None]
+                failed = [exc for task in done if (exc := task.exception()) is not None]
                 if failed:
                     raise failed[0]
                 for task in done:

@@ -52,7 +52,7 @@ _BACKOFF_CAP = 0.02
 # them at a time polls Redis for the lock and the next starts as soon as one commits.
 _LOCAL_QUEUES: dict[Hashable, LoopLocks] = {}
 # Lock releases still running after their transaction was cancelled (kept from the GC).
-_BACKGROUND: set[asyncio.Task] = set()
+_BACKGROUND: set[asyncio.Task[Any]] = set()
 
 
 class RedisBackend(StateBackend):
@@ -256,7 +256,7 @@ class _RedisTransaction(StateTransactionHandle):
         self._token = token
         self.snapshot = snapshot
         self._done = False
-        self._renewal: asyncio.Task | None = None
+        self._renewal: asyncio.Task[None] | None = None
         # A timer rather than a sleeping task: most transactions end long before a renewal.
         self._timer = asyncio.get_running_loop().call_later(backend.lease / 3, self._renew_soon)
 

@@ -298,7 +298,7 @@ class SQLiteBackend(StateBackend):
             future.add_done_callback(self._abandon)
             raise
 
-    def _abandon(self, future: asyncio.Future) -> None:
+    def _abandon(self, future: asyncio.Future[tuple[sqlite3.Connection, dict[str, bytes]]]) -> None:
         if not future.cancelled() and future.exception() is None:
             conn, _ = future.result()
             future.get_loop().run_in_executor(None, self._release, conn)
