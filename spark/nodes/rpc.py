@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from spark.broker.keys import default_service_name
 from spark.context import CallInfo, current_call
@@ -33,6 +33,9 @@ from spark.errors import (
 )
 from spark.nodes.base import Node
 from spark.nodes.types import ExecutionContext, NodeMessage
+
+if TYPE_CHECKING:
+    from spark.runtime.server import NodeServer
 
 log = logging.getLogger("spark.rpc")
 
@@ -93,7 +96,9 @@ def attribute_for(method: str) -> str | None:
     return PREFIX + method.replace(".", "_").replace("-", "_")
 
 
-def split_input(content: Any, metadata: dict | None, default_method: str | None) -> tuple[str, Any]:
+def split_input(
+    content: Any, metadata: dict[str, Any] | None, default_method: str | None
+) -> tuple[str, Any]:
     """(method, params) from a node's input, the rule proxies and local RpcNodes share.
 
     A str content is the method name (no params) when neither the metadata nor
@@ -225,11 +230,15 @@ class RpcNode(Node):
             if isinstance(method, str):
                 data["method"] = method
             raise MethodNotFoundError(data=data)
-        return handler
+        return cast("Callable[..., Any]", handler)
 
-    def _bind(self, attr: str, handler: Callable, params: Any, context: ExecutionContext):
+    def _bind(
+        self, attr: str, handler: Callable[..., Any], params: Any, context: ExecutionContext
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if params is None:
             params = {}
+        args: tuple[Any, ...]
+        kwargs: dict[str, Any]
         if isinstance(params, dict):
             args, kwargs = (params, context), {}
         elif isinstance(params, list):
@@ -248,14 +257,23 @@ class RpcNode(Node):
     async def dispatch(self, method: str, params: Any, context: ExecutionContext) -> Any:
         """Run one method the way a remote caller would see it: a result or an RpcError."""
         handler = self._handler(method)
-        args, kwargs = self._bind(attribute_for(method), handler, params, context)
+        # `_handler` found it, so the method maps to an attribute.
+        args, kwargs = self._bind(attribute_for(method) or method, handler, params, context)
         token = _current_context.set(context)
         try:
             return await self._dispatch(method, params, context, handler, args, kwargs)
         finally:
             _current_context.reset(token)
 
-    async def _dispatch(self, method, params, context, handler, args, kwargs) -> Any:
+    async def _dispatch(
+        self,
+        method: str,
+        params: Any,
+        context: ExecutionContext,
+        handler: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         hooks = _hook_styles(type(self))
         request_id = (context.metadata.get("rpc") or {}).get("request_id")
         try:
@@ -268,7 +286,9 @@ class RpcNode(Node):
             raise self._answer_for(method, exc) from exc
         try:
             if hooks.after_legacy:
-                replaced = await _maybe_await(self.after_request(method, result, context))
+                # An override with the older signature (method, result, context).
+                legacy_after: Callable[..., Any] = self.after_request
+                replaced = await _maybe_await(legacy_after(method, result, context))
             else:
                 replaced = await _maybe_await(
                     self.after_request(method, params, request_id, result, None)
@@ -277,7 +297,9 @@ class RpcNode(Node):
             raise self._answer_for(method, exc) from exc
         return result if replaced is None else replaced
 
-    async def _run_handler(self, handler: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    async def _run_handler(
+        self, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         if inspect.iscoroutinefunction(handler):
             return await handler(*args, **kwargs)
         runner = getattr(self.runtime, "run_sync", None)
@@ -287,7 +309,9 @@ class RpcNode(Node):
             return await _maybe_await(await runner(handler, *args, **kwargs))
         return await _maybe_await(handler(*args, **kwargs))
 
-    async def _after_failure(self, method: str, params: Any, request_id: Any, exc: Exception):
+    async def _after_failure(
+        self, method: str, params: Any, request_id: Any, exc: Exception
+    ) -> None:
         message = exc.message if isinstance(exc, RpcError) else str(exc) or type(exc).__name__
         try:
             await _maybe_await(self.after_request(method, params, request_id, None, message))
@@ -367,7 +391,7 @@ class RpcNode(Node):
             raise RuntimeError(f"{self.name} is already serving")
         server = NodeServer(self)
         await server.start()
-        self._server = server
+        self._server: NodeServer | None = server
 
     async def stop_server(self) -> None:
         """Stop accepting requests, finish those in flight, close the port."""

@@ -34,9 +34,10 @@ from __future__ import annotations
 import importlib
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from tenacity import (
     AsyncRetrying,
@@ -46,6 +47,8 @@ from tenacity import (
     wait_exponential,
     wait_random,
 )
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 from spark.broker import resolve_url
 from spark.context import inherited_deadline
@@ -55,6 +58,9 @@ from spark.nodes.base import Node
 from spark.nodes.policies import CircuitBreaker, Transition
 from spark.nodes.rpc import NOTIFICATION_TOPIC_PREFIX, split_input
 from spark.nodes.types import ExecutionContext
+
+if TYPE_CHECKING:
+    from spark.client.transport import CallOutcome, Transport
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "memory://", "memory:")
 
@@ -148,7 +154,13 @@ class RemoteRpcProxyConfig:
     def retry_waits(self) -> list[float]:
         """The waits between attempts, without jitter (the seed's config: [1.0, 2.0, 4.0])."""
         wait = _wait(self, jitter=False)
-        return [wait(_FakeAttempt(n)) for n in range(1, self.max_retries + 1)]
+        # A wait strategy reads only the attempt number of the state it is given.
+        state = RetryCallState(AsyncRetrying(), None, (), {})
+        waits = []
+        for n in range(1, self.max_retries + 1):
+            state.attempt_number = n
+            waits.append(wait(state))
+        return waits
 
     def call_budget(self, attempt: float | None = None) -> float:
         """Seconds one call may take, every attempt and wait included (`attempt`: a
@@ -165,15 +177,8 @@ class RemoteRpcProxyConfig:
 _timeout_override: ContextVar[float | None] = ContextVar("spark_proxy_timeout", default=None)
 
 
-class _FakeAttempt:
-    """Enough of tenacity's RetryCallState for a wait strategy to compute a wait."""
-
-    def __init__(self, attempt_number: int):
-        self.attempt_number = attempt_number
-
-
-def _wait(config: RemoteRpcProxyConfig, *, jitter: bool = True):
-    wait = wait_exponential(
+def _wait(config: RemoteRpcProxyConfig, *, jitter: bool = True) -> wait_base:
+    wait: wait_base = wait_exponential(
         multiplier=config.retry_initial_delay,
         exp_base=config.retry_backoff_factor,
         max=config.retry_max_delay,
@@ -183,6 +188,17 @@ def _wait(config: RemoteRpcProxyConfig, *, jitter: bool = True):
     return wait
 
 
+class _StopAt(stop_base):
+    """Stop when the next wait would end past `deadline` (epoch seconds)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        # tenacity computes the wait before asking: stop when it would end past the deadline.
+        return time.time() + (retry_state.upcoming_sleep or 0.0) >= self.deadline
+
+
 def _maybe_running(exc: BaseException) -> bool:
     """After `exc`, may a request of the call still be running on a worker?"""
     if isinstance(exc, RpcError):
@@ -190,7 +206,7 @@ def _maybe_running(exc: BaseException) -> bool:
     return True  # a transport failure, or the calling task cancelled
 
 
-def _retryable(config: RemoteRpcProxyConfig):
+def _retryable(config: RemoteRpcProxyConfig) -> Callable[[BaseException], bool]:
     def check(exc: BaseException) -> bool:
         if isinstance(exc, RpcTimeoutError):
             return config.retry_on_timeout
@@ -201,17 +217,18 @@ def _retryable(config: RemoteRpcProxyConfig):
     return check
 
 
-def _make_transport(config: RemoteRpcProxyConfig):
+def _make_transport(config: RemoteRpcProxyConfig) -> Transport:
     if config.transport == "redis":
         from spark.client.transport import RedisTransport
 
+        assert config.service is not None  # checked by RemoteRpcProxyConfig.__post_init__
         return RedisTransport(resolve_url(config.endpoint), config.service)
     module, name = {
         "http": ("spark.client.http", "HttpTransport"),
         "websocket": ("spark.client.websocket", "WebSocketTransport"),
     }[config.transport]
     transport_cls = getattr(importlib.import_module(module), name)
-    return transport_cls(
+    transport: Transport = transport_cls(
         config.endpoint,
         service=config.service,
         ws_endpoint=config.ws_endpoint,
@@ -222,6 +239,7 @@ def _make_transport(config: RemoteRpcProxyConfig):
         ssl_keyfile=config.ssl_keyfile,
         connect_timeout=config.connect_timeout,
     )
+    return transport
 
 
 def _state_namespace(graph_state: Any) -> str | None:
@@ -240,18 +258,19 @@ class RemoteRpcProxyNode(Node):
                 kwargs[field_name] = getattr(config, field_name)
         super().__init__(**kwargs)
         self.config = config
-        self._transport: Any = None
+        self._transport: Transport | None = None
 
     @property
-    def transport(self) -> Any:
+    def transport(self) -> Transport:
         if self._transport is None:
             close_with_loop(self)
-            self._transport = _make_transport(self.config)
+            transport = self._transport = _make_transport(self.config)
             if self.config.forward_notifications_to_event_bus:
-                self._transport.on_notification = self._on_notification
+                transport.on_notification = self._on_notification
+            return transport
         return self._transport
 
-    async def _ensure_transport(self) -> Any:
+    async def _ensure_transport(self) -> Transport:
         """The transport, made if needed (upstream's name, used by its docs' examples)."""
         return self.transport
 
@@ -271,15 +290,10 @@ class RemoteRpcProxyNode(Node):
 
     def _retrying(self, deadline: float) -> AsyncRetrying:
         cfg = self.config
-
-        def out_of_time(state: RetryCallState) -> bool:
-            # tenacity computes the wait before asking: stop when it would end past the deadline.
-            return time.time() + (state.upcoming_sleep or 0.0) >= deadline
-
         return AsyncRetrying(
             retry=retry_if_exception(_retryable(cfg)),
             wait=_wait(cfg),
-            stop=stop_after_attempt(cfg.max_retries + 1) | out_of_time,
+            stop=stop_after_attempt(cfg.max_retries + 1) | _StopAt(deadline),
             reraise=True,
         )
 
@@ -378,7 +392,7 @@ class RemoteRpcProxyNode(Node):
     async def _breaker_transition(self, change: Transition) -> None:
         await self.publish_event(change.topic, {**change.payload(), "proxy": self.name})
 
-    async def call_batch(self, calls: list) -> list:
+    async def call_batch(self, calls: list[Any]) -> list[CallOutcome]:
         """One JSON-RPC batch; returns a `CallOutcome` per call, in order."""
         from spark.client.transport import Call
 
