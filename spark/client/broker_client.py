@@ -77,11 +77,11 @@ class BrokerClient:
         self._blocking: aioredis.Redis | None = None
         self._writer: aioredis.Redis | None = None
         self._queues: dict[str, ServiceQueue] = {}
-        self._pending: dict[str, asyncio.Future] = {}
+        self._pending: dict[str, asyncio.Future[Any]] = {}
         self._outbox: Batcher[tuple[str, bytes], bytes] = Batcher(self._send)
         self._cancels: Batcher[tuple[str, CancelItem], None] = Batcher(self._send_cancels)
-        self._cancelling: set[asyncio.Task] = set()
-        self._reader: asyncio.Task | None = None
+        self._cancelling: set[asyncio.Task[None]] = set()
+        self._reader: asyncio.Task[None] | None = None
         #: Set while calls wait for replies; the reader sleeps on it otherwise.
         self._wanted = asyncio.Event()
         self._liveness: dict[str, tuple[float, int]] = {}
@@ -256,12 +256,14 @@ class BrokerClient:
         self._cancelling.add(task)
         task.add_done_callback(self._cancel_sent)
 
-    def _cancel_sent(self, task: asyncio.Task) -> None:
+    def _cancel_sent(self, task: asyncio.Task[None]) -> None:
         self._cancelling.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.debug("sending a cancel failed: %s", task.exception())
 
-    async def _send_cancels(self, batch: list[tuple[str, CancelItem]]) -> list[None]:
+    async def _send_cancels(
+        self, batch: list[tuple[str, CancelItem]]
+    ) -> list[BaseException | None]:
         by_service: dict[str, list[CancelItem]] = defaultdict(list)
         for service, item in batch:
             by_service[service].append(item)
@@ -350,13 +352,15 @@ class BrokerClient:
     # -- replies -----------------------------------------------------------------------
 
     async def _read_replies(self) -> None:
+        blocking = self._blocking
+        assert blocking is not None  # connected by _ensure_reader before it starts this task
         failures = 0
         last = replies.START
         untrimmed = 0
         while not self._closed:
             try:
                 if untrimmed >= replies.TRIM_EVERY or (untrimmed and not self._pending):
-                    await replies.trim(self._blocking, self.client_id, last)
+                    await replies.trim(blocking, self.client_id, last)
                     untrimmed = 0
                 reraise_cancellation()
                 if not self._pending:
@@ -366,7 +370,7 @@ class BrokerClient:
                     self._wanted.clear()
                     await self._wanted.wait()
                     continue
-                batch = await replies.read(self._blocking, self.client_id, last, READ_BLOCK_SECONDS)
+                batch = await replies.read(blocking, self.client_id, last, READ_BLOCK_SECONDS)
                 reraise_cancellation()
                 for _entry_id, item in batch:
                     self._resolve(item)

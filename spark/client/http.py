@@ -19,7 +19,7 @@ import itertools
 import ssl
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -74,11 +74,11 @@ def client_ssl_context(
     ssl_ca_certs: str | None = None,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
-) -> ssl.SSLContext | bool | None:
-    """What aiohttp's `ssl=` gets: None for its defaults, False to skip verification, or a
+) -> ssl.SSLContext | bool:
+    """What aiohttp's `ssl=` gets: True for its defaults, False to skip verification, or a
     context (own CA bundle, client certificate for mutual TLS)."""
     if not (ssl_ca_certs or ssl_certfile):
-        return None if verify_ssl else False
+        return verify_ssl
     ctx = ssl.create_default_context(cafile=ssl_ca_certs)
     if not verify_ssl:
         ctx.check_hostname = False
@@ -143,7 +143,6 @@ class _Base:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers=self.headers,
-                json_serialize=None,
                 timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
             )
         return self._session
@@ -173,7 +172,7 @@ class _Base:
             with contextlib.suppress(Exception):
                 session.connector._close(abort_ssl=True)
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -258,9 +257,9 @@ class HttpTransport(_Base):
                 ids.append(None)
                 items.append(Request.notification(c.method, c.params).to_dict())
             else:
-                rid = self.next_id()
-                ids.append(rid)
-                req = Request(c.method, c.params, rid)
+                call_id = self.next_id()
+                ids.append(call_id)
+                req = Request(c.method, c.params, call_id)
                 # Each item's own key rides in the extra member the edge reads.
                 items.append(
                     {**req.to_dict(), "spark": {"idempotency_key": c.idempotency_key}}

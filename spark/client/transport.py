@@ -117,8 +117,15 @@ class RedisTransport:
         await self._listener.start(timeout=1.0)
 
     async def call(
-        self, method, params=None, *, deadline, idempotency_key=None, state=None, timeout=None
-    ):
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        deadline: float,
+        idempotency_key: str | None = None,
+        state: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         await self._listen()
         return await self.client.call(
             self.service,
@@ -138,11 +145,13 @@ class RedisTransport:
         if self._client is not None:
             self._client.cancel(self.service, idempotency_key=idempotency_key)
 
-    async def notify(self, method, params=None, *, deadline, state=None):
+    async def notify(
+        self, method: str, params: Any = None, *, deadline: float, state: str | None = None
+    ) -> None:
         await self._listen()
         await self.client.notify(self.service, method, params, deadline=deadline, state=state)
 
-    async def batch(self, calls, *, deadline):
+    async def batch(self, calls: list[Call], *, deadline: float) -> list[CallOutcome]:
         async def one(c: Call) -> CallOutcome:
             try:
                 if c.notify:

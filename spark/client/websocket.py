@@ -42,7 +42,7 @@ BACKOFF_MAX = 5.0
 
 
 def backoff(failures: int) -> float:
-    return min(BACKOFF_MIN * 2 ** max(failures - 1, 0), BACKOFF_MAX)
+    return min(BACKOFF_MIN * 2.0 ** max(failures - 1, 0), BACKOFF_MAX)
 
 
 #: The extra request member carrying a call's budget and idempotency key to the edge.
@@ -67,10 +67,10 @@ class WebSocketTransport(_Base):
         #: The id the edge gave this connection (targeted notifications reach it).
         self.client_id: str | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task | None = None
-        self._reconnector: asyncio.Task | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._reconnector: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
-        self._pending: dict[int, asyncio.Future] = {}
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._failures = 0
         self._next_attempt = 0.0
         #: Replies that matched no waiting call (late or unknown ids), dropped.
@@ -92,7 +92,7 @@ class WebSocketTransport(_Base):
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            if self.connected:
+            if self._ws is not None and not self._ws.closed:
                 return self._ws
             wait = self._next_attempt - time.monotonic()
             if wait > 0:
@@ -214,8 +214,11 @@ class WebSocketTransport(_Base):
             raise RpcConnectionError(f"sending to {self.ws_url} failed: {exc}") from exc
 
     async def _wait(
-        self, futures: dict[int, asyncio.Future], deadline: float, wait: float | None = None
-    ) -> list[dict]:
+        self,
+        futures: dict[int, asyncio.Future[dict[str, Any]]],
+        deadline: float,
+        wait: float | None = None,
+    ) -> list[dict[str, Any]]:
         left = remaining(deadline)
         if wait is not None:
             left = max(0.0, min(wait, left))
@@ -240,7 +243,7 @@ class WebSocketTransport(_Base):
     ) -> Any:
         remaining(deadline)
         rid = self.next_id()
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:
             doc = _request_doc(Request(method, params, rid), deadline, idempotency_key)
@@ -259,7 +262,9 @@ class WebSocketTransport(_Base):
         if not calls:
             return []
         loop = asyncio.get_running_loop()
-        items, ids, futures = [], [], {}
+        items: list[dict[str, Any]] = []
+        ids: list[int | None] = []
+        futures: dict[int, asyncio.Future[dict[str, Any]]] = {}
         for c in calls:
             if c.notify:
                 items.append(_request_doc(Request.notification(c.method, c.params), deadline))
@@ -279,12 +284,12 @@ class WebSocketTransport(_Base):
                 self._pending.pop(rid, None)
             return [CallOutcome() if rid is None else CallOutcome(error=exc) for rid in ids]
         outcomes = []
-        for rid in ids:
-            if rid is None:
+        for call_id in ids:
+            if call_id is None:
                 outcomes.append(CallOutcome())
                 continue
             try:
-                outcomes.append(CallOutcome(result=_unwrap(replies[rid])))
+                outcomes.append(CallOutcome(result=_unwrap(replies[call_id])))
             except RpcError as exc:
                 outcomes.append(CallOutcome(error=exc))
         return outcomes
