@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast, overload
 
 import orjson
 import redis.asyncio as aioredis
@@ -27,6 +27,7 @@ from spark.broker import registry
 from spark.broker.envelope import FIELD, Envelope
 from spark.broker.keys import GROUP, ServiceKeys
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
+from spark.broker.resp import Entries
 from spark.broker.scripts import script
 from spark.errors import InvalidRequestError
 
@@ -40,6 +41,10 @@ REPLAY_BATCH = 100
 assert FIELD == b"e", "lua/replay.lua writes the envelope field by name"
 
 
+@overload
+def _text(value: bytes | str) -> str: ...
+@overload
+def _text(value: None) -> None: ...
 def _text(value: bytes | str | None) -> str | None:
     if value is None:
         return None
@@ -130,7 +135,9 @@ async def dead_letters(
 ) -> list[DeadLetter]:
     """The oldest `count` dead letters (after id `after`, exclusive)."""
     start = f"({after}" if after else "-"
-    rows = await redis.xrange(ServiceKeys.for_service(service).dead, min=start, count=count)
+    rows = cast(
+        Entries, await redis.xrange(ServiceKeys.for_service(service).dead, min=start, count=count)
+    )
     return [DeadLetter.from_entry(i, f) for i, f in rows]
 
 
@@ -263,7 +270,7 @@ class Replayer:
         """Every dead letter there is now (those added while replaying are left alone)."""
         report = ReplayReport()
         total = await self.redis.xlen(self.keys.dead)
-        last = await self.redis.xrevrange(self.keys.dead, count=1)
+        last = cast(Entries, await self.redis.xrevrange(self.keys.dead, count=1))
         if not last:
             return report
         stop_at = _text(last[0][0])
@@ -301,7 +308,7 @@ async def purge(redis: aioredis.Redis, service: str, ids: Iterable[str] | None =
         pipe.xlen(dead)
         pipe.delete(dead)
         count, _ = await pipe.execute()
-        return count
+        return int(count)
     ids = list(dict.fromkeys(ids))
     return await redis.xdel(dead, *ids) if ids else 0
 
@@ -322,7 +329,7 @@ class ServiceStatus:
     dead: int
     #: Requests finished per second, from the workers' heartbeats; None while unknown.
     rate: float | None = None
-    worker_info: dict[str, dict] = field(default_factory=dict)
+    worker_info: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -377,7 +384,7 @@ class ThroughputMeter:
         self._last: dict[tuple[str, str], tuple[int, float]] = {}
         self._rate: dict[tuple[str, str], float] = {}
 
-    def observe(self, service: str, workers: dict[str, dict]) -> None:
+    def observe(self, service: str, workers: dict[str, dict[str, Any]]) -> None:
         for name, info in workers.items():
             processed, at = info.get("processed"), info.get("at")
             if not isinstance(processed, int) or not isinstance(at, int | float):

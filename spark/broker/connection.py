@@ -12,11 +12,15 @@ import functools
 import logging
 import os
 import socket
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlparse
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+
+if TYPE_CHECKING:
+    import fakeredis
 
 ENV_URL = "SPARK_REDIS_URL"
 MEMORY_URL = "memory://"
@@ -30,7 +34,7 @@ POOL_WAIT_SECONDS = 10.0
 
 log = logging.getLogger("spark.broker")
 
-_memory_servers: dict[str, object] = {}
+_memory_servers: dict[str, fakeredis.FakeServer] = {}
 
 
 def resolve_url(url: str | None = None, default: str | None = None) -> str:
@@ -71,7 +75,7 @@ def is_memory(url: str) -> bool:
     return url.startswith("memory:")
 
 
-def _memory_server(url: str):
+def _memory_server(url: str) -> fakeredis.FakeServer:
     import fakeredis
 
     # Not urlparse: a name is free text (test ids hold brackets, which read as IPv6).

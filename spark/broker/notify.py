@@ -132,7 +132,7 @@ class NotificationListener:
         self.subscribed = asyncio.Event()
         #: How many times a connection was (re)established.
         self.connections = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     async def start(self, timeout: float | None = 10.0) -> NotificationListener:

@@ -8,7 +8,9 @@ past `max_backlog` (OverloadedError) instead of trimming, which would drop accep
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -16,6 +18,7 @@ from redis.exceptions import ResponseError
 
 from spark.broker.envelope import FIELD
 from spark.broker.keys import GROUP, SERVICES, ServiceKeys
+from spark.broker.resp import ClaimedEntries, Fields, PendingRow, StreamsReply
 from spark.broker.scripts import script
 
 DEFAULT_MAX_BACKLOG = 100_000
@@ -31,7 +34,7 @@ class Entry:
     deliveries: int = 1
 
 
-def _entries(messages) -> list[Entry]:
+def _entries(messages: Iterable[tuple[bytes, Fields | None]]) -> list[Entry]:
     return [Entry(mid, fields.get(FIELD) if fields else None) for mid, fields in messages]
 
 
@@ -67,8 +70,11 @@ class ServiceQueue:
     ) -> list[Entry]:
         """New entries for `consumer`, blocking up to `block_ms` on the given (dedicated) client."""
         try:
-            reply = await redis.xreadgroup(
-                GROUP, consumer, {self.keys.requests: ">"}, count=count, block=block_ms
+            reply = cast(
+                StreamsReply,
+                await redis.xreadgroup(
+                    GROUP, consumer, {self.keys.requests: ">"}, count=count, block=block_ms
+                ),
             )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -117,8 +123,11 @@ class ServiceQueue:
 
     async def deliveries(self, consumer: str, entry_ids: list[bytes]) -> dict[bytes, int]:
         lo, hi = min(entry_ids), max(entry_ids)
-        rows = await self.redis.xpending_range(
-            self.keys.requests, GROUP, lo, hi, len(entry_ids) + 1024, consumername=consumer
+        rows = cast(
+            "list[PendingRow]",
+            await self.redis.xpending_range(
+                self.keys.requests, GROUP, lo, hi, len(entry_ids) + 1024, consumername=consumer
+            ),
         )
         return {r["message_id"]: r["times_delivered"] for r in rows}
 
@@ -128,16 +137,22 @@ class ServiceQueue:
         For a worker that abandoned a blocking read: Redis may have delivered entries whose
         reply never reached it; they are in its pending list all the same.
         """
-        rows = await self.redis.xpending_range(
-            self.keys.requests, GROUP, "-", "+", count, consumername=consumer
+        rows = cast(
+            "list[PendingRow]",
+            await self.redis.xpending_range(
+                self.keys.requests, GROUP, "-", "+", count, consumername=consumer
+            ),
         )
         if not rows:
             return []
         counts = {r["message_id"]: r["times_delivered"] for r in rows}
         # JUSTID is not used: this fetches the entries; claiming to the owner changes nothing
         # but the idle time (and, without JUSTID, the delivery counter, which we restore).
-        messages = await self.redis.xclaim(
-            self.keys.requests, GROUP, consumer, 0, list(counts), justid=False
+        messages = cast(
+            ClaimedEntries,
+            await self.redis.xclaim(
+                self.keys.requests, GROUP, consumer, 0, [*counts], justid=False
+            ),
         )
         entries = _entries(messages)
         for e in entries:
@@ -150,7 +165,9 @@ class ServiceQueue:
         JUSTID leaves the delivery counter alone: a long handler is not a redelivery.
         """
         if entry_ids:
-            await self.redis.xclaim(self.keys.requests, GROUP, consumer, 0, entry_ids, justid=True)
+            await self.redis.xclaim(
+                self.keys.requests, GROUP, consumer, 0, [*entry_ids], justid=True
+            )
 
     async def finish(self, entry_ids: list[bytes]) -> None:
         """Acknowledge and delete finished entries (only ever after their reply is written)."""
@@ -161,7 +178,7 @@ class ServiceQueue:
         pipe.xdel(self.keys.requests, *entry_ids)
         await pipe.execute()
 
-    async def dead_letter(self, entry: Entry, error: dict, consumer: str) -> None:
+    async def dead_letter(self, entry: Entry, error: dict[str, Any], consumer: str) -> None:
         """Move an entry to the dead-letter stream with its last error, then finish it."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(

@@ -8,7 +8,7 @@ reported figures. Both are cleaned by the workers themselves.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -39,7 +39,7 @@ async def live_count(redis: aioredis.Redis, keys: ServiceKeys) -> int:
     return await redis.zcount(keys.workers, time.time(), "+inf")
 
 
-async def live_workers(redis: aioredis.Redis, keys: ServiceKeys) -> dict[str, dict]:
+async def live_workers(redis: aioredis.Redis, keys: ServiceKeys) -> dict[str, dict[str, Any]]:
     pipe = redis.pipeline(transaction=False)
     pipe.zrangebyscore(keys.workers, time.time(), "+inf")
     pipe.hgetall(keys.worker_info)
@@ -48,7 +48,8 @@ async def live_workers(redis: aioredis.Redis, keys: ServiceKeys) -> dict[str, di
 
 
 async def services(redis: aioredis.Redis) -> list[str]:
-    return sorted(s.decode() for s in await redis.smembers(SERVICES))
+    names = cast("set[bytes]", await redis.smembers(SERVICES))
+    return sorted(s.decode() for s in names)
 
 
 async def prune(redis: aioredis.Redis, keys: ServiceKeys, grace: float) -> list[str]:
@@ -59,7 +60,8 @@ async def prune(redis: aioredis.Redis, keys: ServiceKeys, grace: float) -> list[
     live workers are about to reclaim.
     """
     cutoff = time.time() - grace
-    dead = [d.decode() for d in await redis.zrangebyscore(keys.workers, "-inf", cutoff)]
+    expired = cast("list[bytes]", await redis.zrangebyscore(keys.workers, "-inf", cutoff))
+    dead = [d.decode() for d in expired]
     if not dead:
         return []
     try:

@@ -10,10 +10,12 @@ The stream expires when nobody reads it (the client went away).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import redis.asyncio as aioredis
 
 from spark.broker.keys import reply_key
+from spark.broker.resp import StreamsReply
 
 #: How long replies for a client that stopped reading stay around.
 DEFAULT_REPLY_TTL = 300
@@ -60,8 +62,13 @@ async def read(
     redis: aioredis.Redis, client_id: str, after: bytes, block_seconds: float
 ) -> list[tuple[bytes, bytes]]:
     """(id, reply) of replies after `after`, waiting up to `block_seconds` for the first."""
-    got = await redis.xread(
-        {reply_key(client_id): after}, count=READ_COUNT, block=max(1, int(block_seconds * 1000))
+    got = cast(
+        StreamsReply,
+        await redis.xread(
+            {reply_key(client_id): after},
+            count=READ_COUNT,
+            block=max(1, int(block_seconds * 1000)),
+        ),
     )
     if not got:
         return []
@@ -86,6 +93,7 @@ async def claim_idempotency(
     Returns what was there: None (the caller runs the handler), a RUNNING marker (a first
     request is still running), or the stored reply.
     """
-    return await redis.set(
+    previous = await redis.set(
         key, RUNNING + owner, nx=True, get=True, px=max(1, int(lease_seconds * 1000))
     )
+    return cast("bytes | None", previous)  # SET ... GET answers the old value

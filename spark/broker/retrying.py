@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_random_exponential,
+)
 
 from spark.broker import UNREACHABLE
 
 log = logging.getLogger("spark.broker")
 
+P = ParamSpec("P")
+T = TypeVar("T")
 
-def _log_retry(state) -> None:
+
+def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     if state.attempt_number in (1, 10) or state.attempt_number % 50 == 0:
         log.warning("redis unreachable (%s: %s); retrying", type(exc).__name__, exc)
@@ -28,7 +39,7 @@ def while_unreachable(max_wait: float = 2.0) -> AsyncRetrying:
     )
 
 
-async def until_reachable(fn, *args, **kwargs):
+async def until_reachable(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
     """`await fn(*args, **kwargs)`, retried while Redis is unreachable.
 
     The first attempt runs without tenacity's machinery: this sits on the hot path of
@@ -41,4 +52,4 @@ async def until_reachable(fn, *args, **kwargs):
     async for attempt in while_unreachable():
         with attempt:
             return await fn(*args, **kwargs)
-    return None  # pragma: no cover - stop_never: AsyncRetrying only ends by returning
+    raise AssertionError("unreachable")  # pragma: no cover - stop_never: only ends by returning

@@ -61,12 +61,12 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _pairs(flat: list) -> dict[str, bytes]:
+def _pairs(flat: list[bytes | str]) -> dict[str, bytes]:
     return {_s(flat[i]): _b(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
-def _write_args(sets: Mapping[str, bytes], deletes: Collection[str]) -> list:
-    args: list = [len(sets)]
+def _write_args(sets: Mapping[str, bytes], deletes: Collection[str]) -> list[int | str | bytes]:
+    args: list[int | str | bytes] = [len(sets)]
     for field, value in sets.items():
         args.append(field)
         args.append(value)
@@ -163,10 +163,10 @@ class StateStore:
         result = await self._commit(
             keys=self._keys, args=[token, self.ttl_ms, *_write_args(sets, deletes)]
         )
-        return result == 1
+        return bool(result == 1)
 
     async def renew(self, token: str, lease_ms: int) -> bool:
-        return await self._lease(keys=[self.lock_key], args=[token, lease_ms]) == 1
+        return bool(await self._lease(keys=[self.lock_key], args=[token, lease_ms]) == 1)
 
     async def release(self, token: str) -> bool:
-        return await self._lease(keys=[self.lock_key], args=[token, 0]) == 1
+        return bool(await self._lease(keys=[self.lock_key], args=[token, 0]) == 1)
