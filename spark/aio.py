@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -40,7 +40,7 @@ class Batcher(Generic[T, R]):
     to that item's submitter. If `send` raises, every submitter of that batch gets it.
     """
 
-    def __init__(self, send: Callable[[list[T]], Awaitable[list[R | BaseException]]]):
+    def __init__(self, send: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]):
         self._send = send
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._busy = False

@@ -261,9 +261,7 @@ class BrokerClient:
         if not task.cancelled() and task.exception() is not None:
             log.debug("sending a cancel failed: %s", task.exception())
 
-    async def _send_cancels(
-        self, batch: list[tuple[str, CancelItem]]
-    ) -> list[BaseException | None]:
+    async def _send_cancels(self, batch: list[tuple[str, CancelItem]]) -> list[None]:
         by_service: dict[str, list[CancelItem]] = defaultdict(list)
         for service, item in batch:
             by_service[service].append(item)

@@ -51,7 +51,7 @@ class DevServer:
         self.worker_options = dict(worker_options or {})
         self.edge_options = dict(edge_options or {})
         self.edge: EdgeServer | None = None
-        self._workers: list[asyncio.Task] = []
+        self._workers: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
     @property

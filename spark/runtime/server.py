@@ -36,7 +36,7 @@ class NodeServer:
         self.edge_options = edge_options
         self.worker_options: dict[str, Any] = edge_options.pop("worker_options", {})
         self.edge: EdgeServer | None = None
-        self._worker: asyncio.Task | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
     @property

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -111,14 +111,15 @@ class Worker:
         self.handler = handler
         self.config = config
         self.url = url
-        self.redis: aioredis.Redis | None = None
-        self._reader: aioredis.Redis | None = None
-        self._writer: aioredis.Redis | None = None
-        self.queue: ServiceQueue | None = None
-        self._inflight: dict[bytes, asyncio.Task] = {}
+        # Connected by serve().
+        self.redis: aioredis.Redis
+        self._reader: aioredis.Redis
+        self._writer: aioredis.Redis
+        self.queue: ServiceQueue
+        self._inflight: dict[bytes, asyncio.Task[None]] = {}
         #: Requests whose handler may be cancelled now, by (reply_to, id) and (reply_to, key).
-        self._by_request: dict[tuple[str, str], bytes] = {}
-        self._by_key: dict[tuple[str, str], set[bytes]] = {}
+        self._by_request: dict[tuple[str | None, str], bytes] = {}
+        self._by_key: dict[tuple[str | None, str], set[bytes]] = {}
         self._cancel_requested: set[bytes] = set()
         #: Idempotency keys claimed by requests now answering (released if cancelled).
         self._claimed: dict[bytes, str] = {}
@@ -254,7 +255,7 @@ class Worker:
             if entry.entry_id not in self._inflight:
                 self._start(entry)
 
-    async def _wait_stopping_or(self, aw: Awaitable) -> None:
+    async def _wait_stopping_or(self, aw: Awaitable[Any]) -> None:
         waiter = asyncio.ensure_future(aw)
         stopper = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -313,7 +314,7 @@ class Worker:
                 return None
             return _Done(entry, address[1], encode_error(address[0], exc))
         if entry.deliveries > cfg.max_deliveries:
-            err = DeadLetteredError(
+            err: RpcError = DeadLetteredError(
                 f"request delivered {entry.deliveries - 1} times without an answer; dead-lettered",
                 data={
                     "service": cfg.service,
@@ -445,7 +446,7 @@ class Worker:
         except TimeoutError:
             self.failed += 1
             if scope.expired():
-                err = RpcTimeoutError(
+                err: RpcError = RpcTimeoutError(
                     "handler did not finish before the request's deadline",
                     data={"service": self.config.service, "method": env.method},
                 )
@@ -505,7 +506,8 @@ class Worker:
         ok = await until_reachable(
             replies.push,
             self._writer,
-            [(d.reply_to, d.payload) for d in with_reply],
+            # with_reply holds only replies with an address and a payload.
+            cast("list[tuple[str, bytes]]", [(d.reply_to, d.payload) for d in with_reply]),
             stored,
             ttl=cfg.reply_ttl,
         )
@@ -659,7 +661,7 @@ async def run_worker(
         if ready is not None and worker.ready.is_set():
             ready.set()
         # asyncio.wait, not `await serving`: cancelling us must drain the worker, not cancel it.
-        waiters = {serving}
+        waiters: set[asyncio.Task[Any]] = {serving}
         if stop is not None:
             waiters.add(asyncio.create_task(stop.wait()))
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

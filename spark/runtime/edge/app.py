@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import PayloadEncodingError
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 
 from spark.errors import (
@@ -60,7 +60,7 @@ def _service_of(edge: Edge, request: web.Request) -> str | web.Response:
 
 
 @web.middleware
-async def _count_and_guard(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _count_and_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Counts responses by status; an unexpected failure becomes a 500, never a dead edge."""
     edge = request.app[EDGE_KEY]
     try:
@@ -181,7 +181,7 @@ class EdgeServer:
         cfg = self.config
         ssl_ctx = (
             server_ssl_context(cfg.ssl_certfile, cfg.ssl_keyfile, cfg.ssl_ca_certs)
-            if cfg.tls
+            if cfg.ssl_certfile  # cfg.tls, spelled out for the type checker
             else None
         )
         runner = web.AppRunner(
@@ -221,7 +221,7 @@ class EdgeServer:
 def _bound_port(runner: web.AppRunner, default: int) -> int:
     for addr in runner.addresses:
         if isinstance(addr, tuple) and len(addr) >= 2:
-            return addr[1]
+            return int(addr[1])
     return default
 
 

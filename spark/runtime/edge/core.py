@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -66,8 +66,11 @@ def request_options(data: bytes | str, parsed: Parsed) -> list[RequestOptions] |
         return None
     if isinstance(data, memoryview):
         data = bytes(data)
-    marker = _SPARK_MEMBER_BYTES.decode() if isinstance(data, str) else _SPARK_MEMBER_BYTES
-    if marker not in data:
+    if isinstance(data, str):
+        mentioned = _SPARK_MEMBER_BYTES.decode() in data
+    else:
+        mentioned = _SPARK_MEMBER_BYTES in data
+    if not mentioned:
         return None
     try:
         doc = orjson.loads(data)
@@ -145,7 +148,7 @@ class Edge:
         if self.redis is not None:
             await self.redis.aclose()
 
-    async def cleanup_ctx(self, app: Any):
+    async def cleanup_ctx(self, app: Any) -> AsyncIterator[None]:
         await self.open()
         yield
         await self.close()
@@ -198,7 +201,7 @@ class Edge:
             return default
         return min(value, default)
 
-    def parse(self, data: bytes) -> Parsed:
+    def parse(self, data: bytes | str) -> Parsed:
         return parse_body(data, max_batch=self.config.max_batch)
 
     async def run(
@@ -217,7 +220,7 @@ class Edge:
         `options` (from `request_options`) gives requests their own budget and key.
         """
         for item in parsed.items:
-            if isinstance(item, Response):
+            if isinstance(item, Response) and item.error is not None:
                 self.metrics.record(service, "-", transport, str(item.error["code"]), None)
         requests = parsed.requests
         if not requests:

@@ -17,6 +17,7 @@ grow the series without bound):
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 
 #: Latency buckets in seconds (upper bounds; +Inf is implied).
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -73,7 +74,9 @@ class Gauge(Counter):
 
 
 class Histogram:
-    def __init__(self, name: str, help: str, labels: tuple[str, ...], buckets=BUCKETS):
+    def __init__(
+        self, name: str, help: str, labels: tuple[str, ...], buckets: Iterable[float] = BUCKETS
+    ):
         self.name, self.help, self.labels, self.buckets = name, help, labels, tuple(buckets)
         self.counts: dict[tuple[str, ...], list[int]] = {}
         self.sums: dict[tuple[str, ...], float] = defaultdict(float)
@@ -95,11 +98,12 @@ class Histogram:
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        bounds: tuple[float | str, ...] = (*self.buckets, "+Inf")
         for key in sorted(self.counts):
             running = 0
-            for bound, n in zip((*self.buckets, "+Inf"), self.counts[key], strict=True):
+            for bound, n in zip(bounds, self.counts[key], strict=True):
                 running += n
-                le = f'le="{bound if bound == "+Inf" else _num(bound)}"'
+                le = f'le="{bound if isinstance(bound, str) else _num(bound)}"'
                 lines.append(f"{self.name}_bucket{_labels(self.labels, key, le)} {running}")
             lines.append(f"{self.name}_sum{_labels(self.labels, key)} {self.sums[key]!r}")
             lines.append(f"{self.name}_count{_labels(self.labels, key)} {running}")

@@ -38,7 +38,9 @@ class TokenCheck:
         return False
 
 
-def server_ssl_context(certfile: str, keyfile: str, ca_certs: str | None = None) -> ssl.SSLContext:
+def server_ssl_context(
+    certfile: str, keyfile: str | None = None, ca_certs: str | None = None
+) -> ssl.SSLContext:
     """TLS 1.2+; with `ca_certs`, a client certificate signed by it is required (mTLS)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -28,7 +28,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from spark.runtime.edge.core import Edge, request_options
+from spark.protocol import Parsed
+from spark.runtime.edge.core import Edge, RequestOptions, request_options
 
 log = logging.getLogger("spark.edge")
 
@@ -46,7 +47,7 @@ class WsConnection:
         ws: web.WebSocketResponse,
         service: str,
         timeout: float,
-        transport: asyncio.BaseTransport | None = None,
+        transport: asyncio.Transport | None = None,
     ):
         self.edge = edge
         self.ws = ws
@@ -56,13 +57,13 @@ class WsConnection:
         #: not take its close frame.
         self.transport = transport
         self.client_id = uuid.uuid4().hex
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         # Bounded by hand (ws_max_queued, ws_max_outbox) so finish() can always add None.
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
-        self._writer: asyncio.Task | None = None
+        self._writer: asyncio.Task[None] | None = None
         #: Set once the client overflowed its outbox: nothing more is queued for it.
         self.overflowed = False
-        self._closer: asyncio.Task | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=f"spark-ws-{self.client_id}")
@@ -107,7 +108,7 @@ class WsConnection:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _answer(self, parsed, options) -> None:
+    async def _answer(self, parsed: Parsed, options: list[RequestOptions] | None) -> None:
         body = await self.edge.run(
             self.service,
             parsed,
