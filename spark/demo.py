@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -52,6 +52,7 @@ from spark.errors import RpcError, RpcTimeoutError, TransportError
 from spark.graphs import Graph
 from spark.nodes import Node
 from spark.nodes.rpc_client import RemoteRpcProxyConfig, RemoteRpcProxyNode
+from spark.nodes.types import ExecutionContext
 
 #: The services the workflow calls: (service, spark-worker target).
 SERVICES = {
@@ -79,15 +80,15 @@ class OrderRejected(Exception):
 class Local(Node):
     """A local step: `fn(previous output, run state)` gives the next node's input."""
 
-    def __init__(self, name: str, fn: Callable[[Any, dict], Any]):
+    def __init__(self, name: str, fn: Callable[[Any, dict[str, Any]], Any]):
         super().__init__(name=name)
         self.fn = fn
 
-    async def process(self, context):
+    async def process(self, context: ExecutionContext) -> Any:
         return self.fn(context.inputs.content, context.state)
 
 
-def validate(order: Any, state: dict) -> dict:
+def validate(order: Any, state: dict[str, Any]) -> dict[str, Any]:
     """Checks that need no service; then asks the customer service about the customer."""
     if not isinstance(order, dict) or not isinstance(order.get("customer_id"), str):
         raise OrderRejected("invalid", "customer_id is missing")
@@ -104,14 +105,14 @@ def validate(order: Any, state: dict) -> dict:
     return {"method": "get_customer", "params": {"customer_id": order["customer_id"]}}
 
 
-def to_inventory(customer: dict, state: dict) -> dict:
+def to_inventory(customer: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     if customer.get("status") != "active":
         raise OrderRejected("customer_blocked", customer["customer_id"])
     state["customer"] = customer
     return {"method": "check_availability", "params": {"items": state["order"]["items"]}}
 
 
-def to_order(availability: dict, state: dict) -> dict:
+def to_order(availability: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     if not availability["in_stock"]:
         short = next(line for line in availability["items"] if not line["in_stock"])
         raise OrderRejected(
@@ -133,7 +134,7 @@ class Reserve(Node):
         self.inventory = inventory
         self.orders = orders
 
-    async def process(self, context):
+    async def process(self, context: ExecutionContext) -> Any:
         order = context.inputs.content
         context.state["created"] = order
         try:
@@ -147,7 +148,7 @@ class Reserve(Node):
             raise
 
 
-def report(reservation: dict, state: dict) -> dict:
+def report(reservation: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     order = state["created"]
     return {
         "status": "reserved",
@@ -187,7 +188,7 @@ def build_graph(endpoint: str) -> tuple[Graph, list[RemoteRpcProxyNode]]:
 # -- orders ------------------------------------------------------------------------------------
 
 
-def make_orders(n: int, seed: int = 7) -> list[dict]:
+def make_orders(n: int, seed: int = 7) -> list[dict[str, Any]]:
     """Deterministic orders; every 10th is invalid, every 23rd names an unknown customer,
     every 8th wants two of the limited-edition lamp (8 in stock: it sells out)."""
     from workers import catalog
@@ -222,7 +223,7 @@ class Outcome:
     ms: float
     reason: str | None = None
     detail: str = ""
-    result: dict = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
 
 
 def reason_of(exc: BaseException) -> tuple[str, str]:
@@ -248,13 +249,13 @@ def reason_of(exc: BaseException) -> tuple[str, str]:
 
 async def run_orders(
     graph: Graph,
-    orders: list[dict],
+    orders: list[dict[str, Any]],
     concurrency: int,
-    show: Callable[[Outcome, dict], None],
+    show: Callable[[Outcome, dict[str, Any]], None],
 ) -> tuple[list[Outcome], float]:
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(i: int, order: dict) -> Outcome:
+    async def one(i: int, order: dict[str, Any]) -> Outcome:
         async with gate:
             started = time.perf_counter()
             try:
@@ -294,8 +295,8 @@ def say(*args: Any, **kwargs: Any) -> None:
         sys.stdout = open(os.devnull, "w")  # lives as long as the process
 
 
-def printer(every: int) -> Callable[[Outcome, dict], None]:
-    def show(o: Outcome, order: dict) -> None:
+def printer(every: int) -> Callable[[Outcome, dict[str, Any]], None]:
+    def show(o: Outcome, order: dict[str, Any]) -> None:
         if o.ok and o.index % every:
             return
         if o.ok:
@@ -311,7 +312,9 @@ def printer(every: int) -> Callable[[Outcome, dict], None]:
     return show
 
 
-def summary(outcomes: list[Outcome], seconds: float, concurrency: int, stock: dict) -> str:
+def summary(
+    outcomes: list[Outcome], seconds: float, concurrency: int, stock: dict[str, Any]
+) -> str:
     from workers import catalog
 
     failed = Counter(o.reason for o in outcomes if not o.ok)
@@ -363,7 +366,7 @@ async def embedded(replicas: int, port: int) -> AsyncIterator[tuple[str, str]]:
 
     url = f"memory://demo-{uuid.uuid4().hex[:8]}"
     stop = asyncio.Event()
-    tasks: list[asyncio.Task] = []
+    tasks: list[asyncio.Task[None]] = []
     nodes = []
     edge = None
     try:
@@ -392,18 +395,21 @@ async def embedded(replicas: int, port: int) -> AsyncIterator[tuple[str, str]]:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-def _health(endpoint: str) -> dict | None:
+def _health(endpoint: str) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"{endpoint}/health", timeout=2) as response:
-            return orjson.loads(response.read())
+            health: dict[str, Any] = orjson.loads(response.read())
+            return health
     except OSError:
         return None
 
 
-def _spawn(url: str, replicas: int, port: int) -> tuple[list[subprocess.Popen], list[Any]]:
+def _spawn(
+    url: str, replicas: int, port: int
+) -> tuple[list[subprocess.Popen[bytes]], list[IO[str]]]:
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "SPARK_LOG_LEVEL": os.environ.get("SPARK_LOG_LEVEL", "WARNING")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
@@ -414,7 +420,7 @@ def _spawn(url: str, replicas: int, port: int) -> tuple[list[subprocess.Popen], 
     ]
     commands.append([sys.executable, "-m", "spark.cli.edge", "--redis", url, "--port", str(port)])
     # Their logs go to files, not pipes: a full pipe would stall a chatty process.
-    logs = [tempfile.TemporaryFile("w+") for _ in commands]
+    logs: list[IO[str]] = [tempfile.TemporaryFile("w+") for _ in commands]
     procs = [
         subprocess.Popen(cmd, cwd=root, env=env, stderr=log)
         for cmd, log in zip(commands, logs, strict=True)
@@ -449,7 +455,8 @@ async def processes(url: str, replicas: int, port: int) -> AsyncIterator[tuple[s
             if dead:
                 logs[dead[0]].seek(0)
                 err = logs[dead[0]].read().strip()[-500:]
-                raise StartupError(f"{' '.join(procs[dead[0]].args[2:4])} exited: {err}")
+                command = cast("list[str]", procs[dead[0]].args)  # as _spawn gave it
+                raise StartupError(f"{' '.join(command[2:4])} exited: {err}")
             health = await asyncio.to_thread(_health, endpoint)
             services = (health or {}).get("services", {})
             if all(services.get(s, 0) >= replicas for s in SERVICES):

@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from spark.broker.connection import resolve_url
@@ -31,6 +31,10 @@ REDIS_HELP = (
 def cli_redis_url(explicit: str | None) -> str:
     """--redis, else the library's rule (`spark.broker.connection.resolve_url`)."""
     return resolve_url(explicit)
+
+
+async def _resolve(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 def load_target(spec: str) -> Any:
@@ -57,7 +61,7 @@ def load_target(spec: str) -> Any:
     elif callable(obj) and not hasattr(obj, "handle_rpc"):
         obj = obj()
         if inspect.isawaitable(obj):
-            obj = asyncio.run(obj)
+            obj = asyncio.run(_resolve(obj))
     if not hasattr(obj, "handle_rpc"):
         raise SystemExit(f"{spec} is not a Node, an RpcNode or a factory of one")
     return obj

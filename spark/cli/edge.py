@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from spark.broker.connection import describe
+from spark.broker.connection import describe, resolve_url
 from spark.cli.common import REDIS_HELP, cli_redis_url, install_stop_signals, setup_logging
 from spark.runtime.edge import EdgeConfig, run_edge
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spark-edge: {exc}", file=sys.stderr)
         return 2
     print(
-        f"spark-edge: broker {describe(config.redis_url)}, "
+        f"spark-edge: broker {describe(resolve_url(config.redis_url))}, "
         f"{'https' if config.tls else 'http'}://{config.host}:{config.port}",
         file=sys.stderr,
     )

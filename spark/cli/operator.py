@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import orjson
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from spark.broker import UNREACHABLE, admin, connect, describe, registry
@@ -371,7 +372,7 @@ async def _call_edge(args: argparse.Namespace, params: Any, headers: dict[str, s
 
 
 async def collect_status(
-    redis, services: list[str], meter: admin.ThroughputMeter
+    redis: aioredis.Redis, services: list[str], meter: admin.ThroughputMeter
 ) -> list[admin.ServiceStatus]:
     rows = []
     for service in services:
@@ -421,7 +422,13 @@ async def cmd_status(args: argparse.Namespace) -> int:
         await redis.aclose()
 
 
-async def _sample(redis, services, meter, rows, seconds: float) -> list[admin.ServiceStatus]:
+async def _sample(
+    redis: aioredis.Redis,
+    services: list[str],
+    meter: admin.ThroughputMeter,
+    rows: list[admin.ServiceStatus],
+    seconds: float,
+) -> list[admin.ServiceStatus]:
     """Poll until every live worker has reported twice (its rate is known), or `seconds`."""
     progress = Progress("measuring throughput", tty_only=True)
     started = time.monotonic()
@@ -439,7 +446,13 @@ async def _sample(redis, services, meter, rows, seconds: float) -> list[admin.Se
         progress.done()
 
 
-async def _watch(args, redis, url: str, services, meter) -> int:
+async def _watch(
+    args: argparse.Namespace,
+    redis: aioredis.Redis,
+    url: str,
+    services: list[str],
+    meter: admin.ThroughputMeter,
+) -> int:
     tty = sys.stdout.isatty()
     while True:
         rows = await collect_status(redis, args.services or await registry.services(redis), meter)
@@ -475,7 +488,7 @@ async def cmd_dlq(args: argparse.Namespace) -> int:
         await redis.aclose()
 
 
-async def _dlq_list(args: argparse.Namespace, redis) -> int:
+async def _dlq_list(args: argparse.Namespace, redis: aioredis.Redis) -> int:
     letters = await admin.dead_letters(redis, args.service, count=args.count)
     if args.json:
         print(dump_json([x.to_dict() for x in letters]))
@@ -501,7 +514,7 @@ async def _dlq_list(args: argparse.Namespace, redis) -> int:
     return 0
 
 
-async def _dlq_replay(args: argparse.Namespace, redis) -> int:
+async def _dlq_replay(args: argparse.Namespace, redis: aioredis.Redis) -> int:
     replayer = admin.Replayer(
         redis, args.service, timeout=args.timeout, max_backlog=args.max_backlog
     )
@@ -533,7 +546,7 @@ async def _dlq_replay(args: argparse.Namespace, redis) -> int:
     return 1 if report.backlog_full or report.missing else 0
 
 
-async def _dlq_purge(args: argparse.Namespace, redis) -> int:
+async def _dlq_purge(args: argparse.Namespace, redis: aioredis.Redis) -> int:
     count = len(args.ids) if args.ids else await admin.dead_count(redis, args.service)
     if not count:
         print(f"no dead letters for {args.service}")

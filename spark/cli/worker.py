@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
 from spark.broker import connect, registry
 from spark.broker.connection import describe
@@ -100,7 +101,7 @@ async def _check(url: str, service: str) -> int:
     return 0 if live > 0 else 1
 
 
-async def _serve(target, args, url: str) -> None:
+async def _serve(target: Any, args: argparse.Namespace, url: str) -> None:
     stop = asyncio.Event()
     install_stop_signals(asyncio.get_running_loop(), stop.set)
     await run_worker(
@@ -116,7 +117,7 @@ async def _serve(target, args, url: str) -> None:
     )
 
 
-async def _supervise(argv: list[str], args) -> int:
+async def _supervise(argv: list[str], args: argparse.Namespace) -> int:
     sup = Supervisor(argv, args.processes, grace=args.grace)
     install_stop_signals(asyncio.get_running_loop(), sup.stop)
     return await sup.run()
