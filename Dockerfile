@@ -21,8 +21,8 @@ COPY workers ./workers
 COPY README.md ./
 RUN pip install --no-deps . && rm -rf build *.egg-info
 
-# The services import `workers` from /app too (spark-worker puts its working directory on
-# sys.path), so the Lua scripts and the model file are there even from a plain install.
+# The services import `workers` from /app (the wheel ships only `spark`; spark-worker puts
+# its working directory on sys.path), Lua scripts and model file included.
 RUN useradd --create-home --uid 10001 spark
 USER spark
 

@@ -36,7 +36,7 @@ test-integration: venv redis-server
 	$(BIN)/pytest -q tests/integration
 
 demo: venv
-	$(BIN)/python -m spark.demo $(if $(REDIS),--redis $(REDIS),)
+	$(BIN)/python -m workers.demo $(if $(REDIS),--redis $(REDIS),)
 
 bench: venv redis-server
 	$(BIN)/python tests/benchmarks/run_all.py
