@@ -1,4 +1,4 @@
-"""`python -m workers.demo` (or `make demo`): an order workflow across services, many orders at once.
+"""`python -m workers.demo` (`make demo`): an order workflow across services, many orders at once.
 
 The client graph (local steps run here, remote steps are JSON-RPC calls through the edge
 to the worker pools behind Redis):
