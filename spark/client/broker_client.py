@@ -30,7 +30,6 @@ from spark.broker import (
 )
 from spark.broker import cancel as cancelling
 from spark.broker.cancel import CancelItem
-from spark.broker.envelope import decode_reply
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.context import inherited_deadline
 from spark.errors import (
@@ -40,6 +39,7 @@ from spark.errors import (
     RpcTimeoutError,
     ServiceUnavailableError,
 )
+from spark.protocol.wire import decode_reply
 
 log = logging.getLogger("spark.client")
 
