@@ -21,12 +21,15 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from spark.broker.connection import CLI_DEFAULT_URL, ENV_URL, connect, is_memory
+from spark.broker.connection import ENV_URL, connect, is_memory, resolve_url
 from spark.broker.keys import check_name
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_LEVEL_ENV = "SPARK_LOG_LEVEL"
-REDIS_HELP = "broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0)"
+REDIS_HELP = (
+    "broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0 if a Redis "
+    "answers there, else the embedded broker)"
+)
 USAGE_EXIT = 2
 
 
@@ -116,11 +119,12 @@ def broker_url(value: str) -> str:
 
 
 def cli_redis_url(explicit: str | None) -> str:
-    """--redis, else $SPARK_REDIS_URL, else a local Redis (what a deployed process expects)."""
-    if explicit:
-        return explicit
-    from_env = os.environ.get(ENV_URL)
-    return check_broker_url(from_env, f"${ENV_URL}") if from_env else CLI_DEFAULT_URL
+    """--redis, else the library's rule (`spark.broker.connection.resolve_url`), with
+    $SPARK_REDIS_URL checked like --redis (UsageError)."""
+    from_env = None if explicit else os.environ.get(ENV_URL)
+    if from_env:
+        check_broker_url(from_env, f"${ENV_URL}")
+    return resolve_url(explicit)
 
 
 def listen_error(exc: OSError, host: str, port: int) -> str | None:

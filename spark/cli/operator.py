@@ -12,8 +12,9 @@ stderr) or the operation was refused or left incomplete (a full backlog, unknown
 2 usage errors, or the broker or edge could not be reached; 141 stdout closed early
 (`| head`; `status --watch` exits 0 then, as on Ctrl-C).
 
-The broker is --redis, else $SPARK_REDIS_URL, else redis://localhost:6379/0 (except for
-`spark dev`, which uses its own embedded broker unless --redis is given).
+The broker is --redis, else the library's rule ($SPARK_REDIS_URL, else
+redis://localhost:6379/0 if a Redis answers there, else the embedded broker), except for
+`spark dev`, which uses its own embedded broker unless --redis is given.
 """
 
 from __future__ import annotations

@@ -86,6 +86,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 when a live worker of the service has a fresh heartbeat, else 1",
     )
+    p.add_argument(
+        "--expose-errors",
+        action="store_true",
+        help="answer a handler's crash with its exception type and message in the error's "
+        "data (default: only 'Internal error'; the traceback is in the log either way)",
+    )
     p.add_argument("--log-level", type=log_level, help="debug, info (default), warning, error")
     return p
 
@@ -132,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(args.log_level)
         url = cli_redis_url(args.redis)
         target = load_target(args.target)
+        if args.expose_errors:
+            target.expose_errors = True
         service = service_of(target, args.service)
     except UsageError as exc:
         return usage_exit("spark-worker", exc)
