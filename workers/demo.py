@@ -1,4 +1,4 @@
-"""`python -m spark.demo`: an order workflow across services, many orders at once.
+"""`python -m workers.demo` (`make demo`): an order workflow across services, many orders at once.
 
 The client graph (local steps run here, remote steps are JSON-RPC calls through the edge
 to the worker pools behind Redis):
@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any
 
 import orjson
 
@@ -52,7 +52,8 @@ from spark.errors import RpcError, RpcTimeoutError, TransportError
 from spark.graphs import Graph
 from spark.nodes import Node
 from spark.nodes.rpc_client import RemoteRpcProxyConfig, RemoteRpcProxyNode
-from spark.nodes.types import ExecutionContext
+from workers import catalog
+from workers.base import NOT_FOUND, OUT_OF_STOCK
 
 #: The services the workflow calls: (service, spark-worker target).
 SERVICES = {
@@ -80,15 +81,15 @@ class OrderRejected(Exception):
 class Local(Node):
     """A local step: `fn(previous output, run state)` gives the next node's input."""
 
-    def __init__(self, name: str, fn: Callable[[Any, dict[str, Any]], Any]):
+    def __init__(self, name: str, fn: Callable[[Any, dict], Any]):
         super().__init__(name=name)
         self.fn = fn
 
-    async def process(self, context: ExecutionContext) -> Any:
+    async def process(self, context):
         return self.fn(context.inputs.content, context.state)
 
 
-def validate(order: Any, state: dict[str, Any]) -> dict[str, Any]:
+def validate(order: Any, state: dict) -> dict:
     """Checks that need no service; then asks the customer service about the customer."""
     if not isinstance(order, dict) or not isinstance(order.get("customer_id"), str):
         raise OrderRejected("invalid", "customer_id is missing")
@@ -105,14 +106,14 @@ def validate(order: Any, state: dict[str, Any]) -> dict[str, Any]:
     return {"method": "get_customer", "params": {"customer_id": order["customer_id"]}}
 
 
-def to_inventory(customer: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+def to_inventory(customer: dict, state: dict) -> dict:
     if customer.get("status") != "active":
         raise OrderRejected("customer_blocked", customer["customer_id"])
     state["customer"] = customer
     return {"method": "check_availability", "params": {"items": state["order"]["items"]}}
 
 
-def to_order(availability: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+def to_order(availability: dict, state: dict) -> dict:
     if not availability["in_stock"]:
         short = next(line for line in availability["items"] if not line["in_stock"])
         raise OrderRejected(
@@ -134,7 +135,7 @@ class Reserve(Node):
         self.inventory = inventory
         self.orders = orders
 
-    async def process(self, context: ExecutionContext) -> Any:
+    async def process(self, context):
         order = context.inputs.content
         context.state["created"] = order
         try:
@@ -148,7 +149,7 @@ class Reserve(Node):
             raise
 
 
-def report(reservation: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+def report(reservation: dict, state: dict) -> dict:
     order = state["created"]
     return {
         "status": "reserved",
@@ -188,11 +189,9 @@ def build_graph(endpoint: str) -> tuple[Graph, list[RemoteRpcProxyNode]]:
 # -- orders ------------------------------------------------------------------------------------
 
 
-def make_orders(n: int, seed: int = 7) -> list[dict[str, Any]]:
+def make_orders(n: int, seed: int = 7) -> list[dict]:
     """Deterministic orders; every 10th is invalid, every 23rd names an unknown customer,
     every 8th wants two of the limited-edition lamp (8 in stock: it sells out)."""
-    from workers import catalog
-
     rng = random.Random(seed)
     invalid = [
         lambda o: {**o, "items": []},
@@ -223,12 +222,10 @@ class Outcome:
     ms: float
     reason: str | None = None
     detail: str = ""
-    result: dict[str, Any] = field(default_factory=dict)
+    result: dict = field(default_factory=dict)
 
 
 def reason_of(exc: BaseException) -> tuple[str, str]:
-    from workers.base import NOT_FOUND, OUT_OF_STOCK
-
     if isinstance(exc, OrderRejected):
         return exc.reason, exc.detail
     if isinstance(exc, RpcError):
@@ -249,13 +246,13 @@ def reason_of(exc: BaseException) -> tuple[str, str]:
 
 async def run_orders(
     graph: Graph,
-    orders: list[dict[str, Any]],
+    orders: list[dict],
     concurrency: int,
-    show: Callable[[Outcome, dict[str, Any]], None],
+    show: Callable[[Outcome, dict], None],
 ) -> tuple[list[Outcome], float]:
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(i: int, order: dict[str, Any]) -> Outcome:
+    async def one(i: int, order: dict) -> Outcome:
         async with gate:
             started = time.perf_counter()
             try:
@@ -287,7 +284,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def say(*args: Any, **kwargs: Any) -> None:
-    """print(), going quiet when the reader went away (`python -m spark.demo | head`): the
+    """print(), going quiet when the reader went away (`python -m workers.demo | head`): the
     run still finishes and stops its worker processes."""
     try:
         print(*args, **kwargs, flush=True)
@@ -295,8 +292,8 @@ def say(*args: Any, **kwargs: Any) -> None:
         sys.stdout = open(os.devnull, "w")  # lives as long as the process
 
 
-def printer(every: int) -> Callable[[Outcome, dict[str, Any]], None]:
-    def show(o: Outcome, order: dict[str, Any]) -> None:
+def printer(every: int) -> Callable[[Outcome, dict], None]:
+    def show(o: Outcome, order: dict) -> None:
         if o.ok and o.index % every:
             return
         if o.ok:
@@ -312,11 +309,7 @@ def printer(every: int) -> Callable[[Outcome, dict[str, Any]], None]:
     return show
 
 
-def summary(
-    outcomes: list[Outcome], seconds: float, concurrency: int, stock: dict[str, Any]
-) -> str:
-    from workers import catalog
-
+def summary(outcomes: list[Outcome], seconds: float, concurrency: int, stock: dict) -> str:
     failed = Counter(o.reason for o in outcomes if not o.ok)
     latencies = [o.ms for o in outcomes]
     ok_latencies = [o.ms for o in outcomes if o.ok]
@@ -366,7 +359,7 @@ async def embedded(replicas: int, port: int) -> AsyncIterator[tuple[str, str]]:
 
     url = f"memory://demo-{uuid.uuid4().hex[:8]}"
     stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task] = []
     nodes = []
     edge = None
     try:
@@ -395,21 +388,19 @@ async def embedded(replicas: int, port: int) -> AsyncIterator[tuple[str, str]]:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        return s.getsockname()[1]
 
 
-def _health(endpoint: str) -> dict[str, Any] | None:
+def _health(endpoint: str) -> dict | None:
     try:
         with urllib.request.urlopen(f"{endpoint}/health", timeout=2) as response:
-            health: dict[str, Any] = orjson.loads(response.read())
-            return health
+            return orjson.loads(response.read())
     except OSError:
         return None
 
 
-def _spawn(
-    url: str, replicas: int, port: int
-) -> tuple[list[subprocess.Popen[bytes]], list[IO[str]]]:
+def _spawn(url: str, replicas: int, port: int) -> tuple[list[subprocess.Popen], list[Any]]:
+    # The repository root: `workers` is not part of the installed package.
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "SPARK_LOG_LEVEL": os.environ.get("SPARK_LOG_LEVEL", "WARNING")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
@@ -420,7 +411,7 @@ def _spawn(
     ]
     commands.append([sys.executable, "-m", "spark.cli.edge", "--redis", url, "--port", str(port)])
     # Their logs go to files, not pipes: a full pipe would stall a chatty process.
-    logs: list[IO[str]] = [tempfile.TemporaryFile("w+") for _ in commands]
+    logs = [tempfile.TemporaryFile("w+") for _ in commands]
     procs = [
         subprocess.Popen(cmd, cwd=root, env=env, stderr=log)
         for cmd, log in zip(commands, logs, strict=True)
@@ -455,8 +446,7 @@ async def processes(url: str, replicas: int, port: int) -> AsyncIterator[tuple[s
             if dead:
                 logs[dead[0]].seek(0)
                 err = logs[dead[0]].read().strip()[-500:]
-                command = cast("list[str]", procs[dead[0]].args)  # as _spawn gave it
-                raise StartupError(f"{' '.join(command[2:4])} exited: {err}")
+                raise StartupError(f"{' '.join(procs[dead[0]].args[2:4])} exited: {err}")
             health = await asyncio.to_thread(_health, endpoint)
             services = (health or {}).get("services", {})
             if all(services.get(s, 0) >= replicas for s in SERVICES):
@@ -528,7 +518,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m spark.demo",
+        prog="python -m workers.demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
