@@ -43,6 +43,7 @@ from spark.runtime.edge.security import TokenCheck
 
 if TYPE_CHECKING:
     from spark.runtime.edge.websocket import WsConnection
+    from spark.runtime.inprocess import InProcessService
 
 log = logging.getLogger("spark.edge")
 
@@ -102,14 +103,19 @@ def valid_service(name: str) -> bool:
 
 
 class Edge:
-    """Everything one edge process shares: the broker client, metrics, WebSocket clients."""
+    """Everything one edge process shares: the broker client, metrics, WebSocket clients.
 
-    def __init__(self, config: EdgeConfig):
+    With `local` (an `InProcessService`) the edge serves that one node in its own process:
+    requests go straight to it and no broker is used at all.
+    """
+
+    def __init__(self, config: EdgeConfig, local: InProcessService | None = None):
         self.config = config.check()
         self.url = resolve_url(config.redis_url)
         self.metrics = EdgeMetrics()
         self.tokens = TokenCheck(config.auth_tokens)
-        self.client: BrokerClient | None = None
+        self.local = local
+        self.client: BrokerClient | InProcessService | None = None
         self.redis: aioredis.Redis | None = None
         self.listener: NotificationListener | None = None
         #: Open WebSocket connections by client id, and by the service they are connected to.
@@ -119,6 +125,9 @@ class Edge:
     # -- lifecycle (an aiohttp cleanup context) ------------------------------------------------
 
     async def open(self) -> None:
+        if self.local is not None:
+            self.client = self.local
+            return
         self.client = BrokerClient(self.url, max_backlog=self.config.max_backlog)
         self.redis = connect(self.url, max_connections=4)
         self.listener = NotificationListener(
@@ -135,7 +144,7 @@ class Edge:
         await self.close_sockets()
         if self.listener is not None:
             await self.listener.aclose()
-        if self.client is not None:
+        if self.client is not None and self.local is None:
             await self.client.aclose()
         if self.redis is not None:
             await self.redis.aclose()
@@ -312,11 +321,14 @@ class Edge:
     # -- health --------------------------------------------------------------------------
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        assert self.redis is not None
         doc: dict[str, Any] = {
             "default_service": self.config.default_service,
             "websocket_clients": len(self.sockets),
         }
+        if self.local is not None:
+            doc.update(self.local.health())
+            return True, doc
+        assert self.redis is not None
         try:
             async with asyncio.timeout(2.0):
                 await self.redis.ping()
