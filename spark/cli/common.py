@@ -9,10 +9,46 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from spark.broker.connection import CLI_DEFAULT_URL, ENV_URL
+
+T = TypeVar("T")
+
+#: Event loops a console script can run on (`--loop`); uvloop needs the `speed` extra.
+LOOPS = ("asyncio", "uvloop")
+
+
+def add_loop_argument(p: Any) -> None:
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=None,
+        help="event loop (default: uvloop when installed, the `speed` extra; else asyncio)",
+    )
+
+
+def run(main: Coroutine[Any, Any, T], loop: str | None = None) -> T:
+    """`asyncio.run(main)` on the chosen event loop; None picks uvloop when it is installed."""
+    if loop is None:
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(main)
+        loop = "uvloop"
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            main.close()
+            raise SystemExit("--loop uvloop needs uvloop: pip install 'spark-rpc[speed]'") from None
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    if loop != "asyncio":
+        main.close()
+        raise SystemExit(f"unknown event loop {loop!r}: choose from {', '.join(LOOPS)}")
+    return asyncio.run(main)
 
 
 def setup_logging(level: str | None = None) -> None:

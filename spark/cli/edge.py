@@ -17,7 +17,13 @@ import sys
 from pathlib import Path
 
 from spark.broker.connection import describe
-from spark.cli.common import cli_redis_url, install_stop_signals, setup_logging
+from spark.cli.common import (
+    add_loop_argument,
+    cli_redis_url,
+    install_stop_signals,
+    run,
+    setup_logging,
+)
 from spark.runtime.edge import EdgeConfig, run_edge
 
 _DEFAULTS = EdgeConfig()
@@ -102,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve /metrics without a token even when tokens are configured",
     )
+    add_loop_argument(p)
     p.add_argument("--log-level", default=None)
     return p
 
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'https' if config.tls else 'http'}://{config.host}:{config.port}",
         file=sys.stderr,
     )
-    asyncio.run(_serve(config))
+    run(_serve(config), args.loop)
     return 0
 
 

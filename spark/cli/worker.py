@@ -14,7 +14,14 @@ import sys
 from spark.broker import connect, registry
 from spark.broker.connection import describe
 from spark.broker.keys import ServiceKeys
-from spark.cli.common import cli_redis_url, install_stop_signals, load_target, setup_logging
+from spark.cli.common import (
+    add_loop_argument,
+    cli_redis_url,
+    install_stop_signals,
+    load_target,
+    run,
+    setup_logging,
+)
 from spark.runtime.supervisor import Supervisor
 from spark.runtime.worker import WorkerConfig, run_worker, service_of
 
@@ -73,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 when a live worker of the service has a fresh heartbeat, else 1",
     )
+    add_loop_argument(p)
     p.add_argument("--log-level", default=None)
     return p
 
@@ -120,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     target = load_target(args.target)
     service = service_of(target, args.service)
     if args.check:
-        return asyncio.run(_check(url, service))
+        return run(_check(url, service), args.loop)
     if args.processes > 1:
         child = [sys.executable, "-m", "spark.cli.worker", *argv, "--processes", "1"]
-        return asyncio.run(_supervise(child, args))
-    asyncio.run(_serve(target, args, url))
+        return run(_supervise(child, args), args.loop)
+    run(_serve(target, args, url), args.loop)
     return 0
 
 
