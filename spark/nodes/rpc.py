@@ -24,6 +24,9 @@ log = logging.getLogger("spark.rpc")
 PREFIX = "rpc_"
 #: Topic prefix for notifications published on a local event bus (and by proxies).
 NOTIFICATION_TOPIC_PREFIX = "remote.rpc"
+#: Argument shapes remembered per node (array params of any length could grow it).
+_MAX_SHAPES = 1024
+_UNCHECKED = object()
 _METHOD = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$")
 
 
@@ -93,6 +96,8 @@ class RpcNode(Node):
         #: Set by the runtime serving this node: publishes notifications and opens state.
         self.runtime: Any = None
         self._signatures: dict[str, inspect.Signature] = {}
+        #: (attribute, positional count, context by keyword) -> None (binds) or why not.
+        self._binds: dict[tuple[str, int, bool], str | None] = {}
 
     # -- hooks -----------------------------------------------------------------------
 
@@ -139,13 +144,23 @@ class RpcNode(Node):
             args, kwargs = tuple(params), {"context": context}
         else:
             raise InvalidParamsError("params must be an object or an array")
-        sig = self._signatures.get(attr)
-        if sig is None:
-            sig = self._signatures[attr] = inspect.signature(handler)
-        try:
-            sig.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise InvalidParamsError(data={"reason": str(exc)}) from None
+        # Whether arguments bind depends only on how many there are (the values are not
+        # looked at), so each shape is checked once: Signature.bind costs more than a call.
+        shape = (attr, len(args), bool(kwargs))
+        reason = self._binds.get(shape, _UNCHECKED)
+        if reason is _UNCHECKED:
+            sig = self._signatures.get(attr)
+            if sig is None:
+                sig = self._signatures[attr] = inspect.signature(handler)
+            try:
+                sig.bind(*args, **kwargs)
+                reason = None
+            except TypeError as exc:
+                reason = str(exc)
+            if len(self._binds) < _MAX_SHAPES:
+                self._binds[shape] = reason
+        if reason is not None:
+            raise InvalidParamsError(data={"reason": reason})
         return args, kwargs
 
     async def dispatch(self, method: str, params: Any, context: ExecutionContext) -> Any:
