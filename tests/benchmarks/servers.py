@@ -5,7 +5,8 @@
     python tests/benchmarks/servers.py node PORT --redis URL   the same with a broker URL
 
 Each prints `ready` on stdout once its port accepts connections and serves until killed.
-`--loop uvloop` runs it on uvloop.
+`--loop uvloop` runs it on uvloop; `--profile FILE` runs it under cProfile and writes the
+stats to FILE on SIGTERM.
 """
 
 from __future__ import annotations
@@ -53,7 +54,21 @@ def main() -> None:
     p.add_argument("port", type=int)
     p.add_argument("--redis")
     p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    p.add_argument("--profile", metavar="FILE", help="cProfile it; stats written on SIGTERM")
     args = p.parse_args()
+    if args.profile:
+        import cProfile
+        import signal
+
+        profiler = cProfile.Profile()
+
+        def dump(*_):
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, dump)
+        profiler.enable()
     if args.loop == "uvloop":
         import uvloop
 
