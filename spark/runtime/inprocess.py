@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from spark.aio import timeout
 from spark.broker import notify as notifying
 from spark.broker.connection import MEMORY_URL
 from spark.broker.notify import Notification
@@ -61,21 +62,6 @@ class _Keyed:
 
     task: asyncio.Task
     expires: float
-
-
-class _Expiry:
-    """Cancels a task at its deadline, remembering that it did (see `_invoke`)."""
-
-    __slots__ = ("cancelling", "fired", "task")
-
-    def __init__(self, task: asyncio.Task):
-        self.task = task
-        self.cancelling = task.cancelling()
-        self.fired = False
-
-    def fire(self) -> None:
-        self.fired = True
-        self.task.cancel()
 
 
 class InProcessHost(ServiceHost):
@@ -266,39 +252,28 @@ class InProcessService:
             deadline=deadline,
             idempotency_key=idempotency_key,
         )
-        # The deadline, as asyncio.timeout() would enforce it, for a third of its cost (this
-        # runs on every call): cancel the task when it fires, and tell that cancellation
-        # apart from any other by the task's count of pending cancellations.
-        task = asyncio.current_task()
-        assert task is not None
-        expiry = _Expiry(task)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_at(loop.time() + remaining, expiry.fire)
         token = current_call.set(call)
-        timed_out = False
         try:
-            try:
+            with timeout(remaining) as scope:
                 result = await self.node.handle_rpc(method, params, call)
-            finally:
-                timer.cancel()
-                current_call.reset(token)
-                if expiry.fired:
-                    timed_out = task.uncancel() <= expiry.cancelling
-        except asyncio.CancelledError:
-            if not timed_out:
-                raise
-            self.failed += 1
-            raise RpcTimeoutError(
-                "handler did not finish before the request's deadline",
-                data={"service": self.service, "method": method},
-            ) from None
-        except RpcError:
+        except RpcError:  # before TimeoutError: RpcTimeoutError is one
             self.failed += 1
             raise
+        except TimeoutError:
+            self.failed += 1
+            if scope.expired():
+                raise RpcTimeoutError(
+                    "handler did not finish before the request's deadline",
+                    data={"service": self.service, "method": method},
+                ) from None
+            log.exception("handler %s.%s raised", self.service, method)
+            raise InternalError() from None
         except Exception:
             self.failed += 1
             log.exception("handler %s.%s raised", self.service, method)
             raise InternalError() from None
+        finally:
+            current_call.reset(token)
         try:
             # Encoded here, once: a result that is not JSON fails this request alone, as
             # in a worker, and the edge embeds the bytes as they are.

@@ -99,3 +99,14 @@ async def test_only_its_own_service_is_served():
     service = InProcessService(Node(), "svc")
     with pytest.raises(ServiceUnavailableError):
         await service.call("other", "echo", deadline=soon())
+
+
+async def test_a_timeout_error_the_handler_raises_is_answered_as_is():
+    class Raises:
+        async def handle_rpc(self, method, params, call):
+            raise RpcTimeoutError("upstream timed out", data={"upstream": "x"})
+
+    service = InProcessService(Raises(), "svc")
+    with pytest.raises(RpcTimeoutError) as caught:
+        await service.call("svc", "m", deadline=soon())
+    assert caught.value.message == "upstream timed out"
