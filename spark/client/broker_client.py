@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from spark import aio
 from spark.aio import Batcher, cancel_and_wait
 from spark.broker import (
     UNREACHABLE,
@@ -215,7 +216,7 @@ class BrokerClient:
         self._pending[rid] = reply
         self._ensure_reader()
         try:
-            async with asyncio.timeout_at(loop.time() + waiting):
+            with aio.timeout(waiting):
                 await self._enqueue(service, env.encode())
                 return await reply
         except TimeoutError:
