@@ -32,9 +32,20 @@ _METHOD = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$")
 
 def attribute_for(method: str) -> str | None:
     """`user.create` and `user-create` -> `rpc_user_create`; None for names never callable."""
+    if type(method) is str:
+        known = _ATTRIBUTES.get(method, _UNCHECKED)
+        if known is not _UNCHECKED:
+            return known
     if not isinstance(method, str) or not _METHOD.match(method) or method.startswith("rpc."):
         return None
-    return PREFIX + method.replace(".", "_").replace("-", "_")
+    attr = PREFIX + method.replace(".", "_").replace("-", "_")
+    if len(_ATTRIBUTES) < _MAX_SHAPES:
+        _ATTRIBUTES[method] = attr
+    return attr
+
+
+#: Method names already looked at (on every call, twice): bounded, junk names stop adding.
+_ATTRIBUTES: dict[str, str | None] = {}
 
 
 def split_input(content: Any, metadata: dict | None, default_method: str | None) -> tuple[str, Any]:
