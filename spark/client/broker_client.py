@@ -294,12 +294,18 @@ class BrokerClient:
         for i, (service, _payload) in enumerate(batch):
             by_service[service].append(i)
         try:
-            answers = await asyncio.gather(
-                *(
-                    self.queue(s).enqueue([batch[i][1] for i in idx])
-                    for s, idx in by_service.items()
+            if len(by_service) == 1:
+                # The usual case, awaited here: gather would add a task and a loop turn
+                # to the latency of every call.
+                ((service, idx),) = by_service.items()
+                answers = [await self.queue(service).enqueue([batch[i][1] for i in idx])]
+            else:
+                answers = await asyncio.gather(
+                    *(
+                        self.queue(s).enqueue([batch[i][1] for i in idx])
+                        for s, idx in by_service.items()
+                    )
                 )
-            )
         except UNREACHABLE as exc:
             raise RpcConnectionError(f"cannot reach the broker at {self.url}: {exc}") from exc
         results: list[bytes | BaseException] = [b""] * len(batch)
