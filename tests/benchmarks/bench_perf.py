@@ -70,8 +70,17 @@ class Sample:
     p99: float
 
 
+#: Seconds one figure may take before the run stops with an error naming it.
+FIGURE_LIMIT = 120.0
+
+
 async def load(call: Call, calls: int, inflight: int) -> Sample:
     """`calls` calls with `inflight` at once: calls/s and per-call latency (ms)."""
+    async with asyncio.timeout(FIGURE_LIMIT):
+        return await _load(call, calls, inflight)
+
+
+async def _load(call: Call, calls: int, inflight: int) -> Sample:
     todo = iter(range(calls))
     times: list[float] = []
 
@@ -296,7 +305,11 @@ class RawFloor:
 
     async def _read(self) -> None:
         while True:
-            got = await self.blocking.blpop([self.key], timeout=1)
+            try:
+                got = await self.blocking.blpop([self.key], timeout=1)
+            except (ConnectionError, OSError, aioredis.RedisError) as exc:
+                print(f"floor reader: {type(exc).__name__}: {exc}; reading again", flush=True)
+                continue
             if got:
                 fut = self.pending.pop(got[1], None)
                 if fut:
@@ -381,6 +394,18 @@ class Setup:
         await self.proxy.aclose()
         await self.floor.aclose()
 
+    async def round(self, table: Table) -> None:
+        """One round of the headline rows, on clients opened for it.
+
+        Clients live within one round: the event loops take turns, and a redis-py reader
+        left blocked in a loop that is not running may not survive until it runs again.
+        """
+        await self.open_clients()
+        try:
+            await self.headline(table)
+        finally:
+            await self.close_clients()
+
     async def headline(self, table: Table) -> None:
         """The headline rows, each just after its reference."""
         a = self.args
@@ -412,6 +437,7 @@ class Setup:
         ]
         for section, name, call, kw in rows:
             row = table.row(section, name, **kw)
+            print(f"  {section}: {name}", flush=True)
             await load(call, INFLIGHT, INFLIGHT)  # every connection open and warm
             row.load.append(await load(call, a.calls, INFLIGHT))
             row.seq.append(await load(call, a.sequential, 1))
@@ -422,6 +448,7 @@ class Setup:
 
 async def curves(setup: Setup, table: Table, extra: dict[int, str], args) -> None:
     section = "scale curves (redis transport; p99 under that load)"
+    print(f"  {section}", flush=True)
     for n, service in ((1, setup.service), *extra.items()):
         proxy, call = proxy_client(setup.url, service)
         try:
@@ -430,10 +457,15 @@ async def curves(setup: Setup, table: Table, extra: dict[int, str], args) -> Non
             table.row(section, name).load.append(await load(call, args.calls, INFLIGHT))
         finally:
             await proxy.aclose()
-    for inflight in (1, 10, 100, 200):
-        calls = args.sequential if inflight == 1 else args.calls
-        row = table.row(section, f"1 worker, {inflight} in flight")
-        row.load.append(await load(setup.redis, calls, inflight))
+    proxy, call = proxy_client(setup.url, setup.service)
+    try:
+        await load(call, 200, 20)
+        for inflight in (1, 10, 100, 200):
+            calls = args.sequential if inflight == 1 else args.calls
+            row = table.row(section, f"1 worker, {inflight} in flight")
+            row.load.append(await load(call, calls, inflight))
+    finally:
+        await proxy.aclose()
     for label, size, calls in (("100 B", 100, 2000), ("10 KB", 10_000, 1000), ("1 MB", 2**20, 40)):
         calls = max(10, calls * args.calls // 3000)
         params = {"data": "x" * (size - 12)}  # the params' JSON is `size` bytes
@@ -570,19 +602,16 @@ def main(argv: list[str] | None = None) -> int:
                 wait_until(lambda s=service: live_workers(redis.url, s) >= 1, 60, what=service)
         for loop in loops:
             runners[loop] = runner_for(loop)
-            runners[loop].run(setups[loop].open_clients())
         for i in range(args.rounds):
             print(f"round {i + 1}/{args.rounds} ...", flush=True)
             for loop in loops:
-                runners[loop].run(setups[loop].headline(table))
+                runners[loop].run(setups[loop].round(table))
             if not args.quick:
                 runners[loops[0]].run(curves(setups[loops[0]], table, extra, args))
         if not args.quick:
             runners[loops[0]].run(memory(setups[loops[0]], table))
     finally:
-        for loop, runner in runners.items():
-            with contextlib.suppress(Exception):
-                runner.run(setups[loop].close_clients())
+        for runner in runners.values():
             runner.close()
         procs.stop()
         redis.cleanup()
