@@ -30,6 +30,7 @@ import contextlib
 import importlib.util
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -114,6 +115,8 @@ class Row:
     max_p50: float | None = None
     load: list[Sample] = field(default_factory=list)
     seq: list[Sample] = field(default_factory=list)
+    #: CPU microseconds per call during the loaded run: (serving processes, this client).
+    cpu: list[tuple[float, float]] = field(default_factory=list)
     note: str = ""
 
 
@@ -151,8 +154,9 @@ class Table:
                     f"### {section}",
                     "",
                     "| path | calls/s | p99 ms (loaded) | p50 ms (1 in flight) "
-                    "| p99 ms (1 in flight) | throughput vs ref | p50 vs ref | target | met |",
-                    "|---|---:|---:|---:|---:|---:|---:|---|---|",
+                    "| p99 ms (1 in flight) | server CPU µs/call | client CPU µs/call "
+                    "| throughput vs ref | p50 vs ref | target | met |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
                 ]
             out.append(self._line(row))
         if self.memory:
@@ -174,9 +178,13 @@ class Table:
             target.append(f"p50 ≤{row.max_p50:g}x")
             met.append(p50_x is not None and p50_x <= row.max_p50)
         name = row.name + (f" ({row.note})" if row.note else "")
+        server = statistics.median(c[0] for c in row.cpu) if row.cpu else None
+        client = statistics.median(c[1] for c in row.cpu) if row.cpu else None
         return (
             f"| {name} | {med(row.load, 'rate', ',.0f')} | {med(row.load, 'p99', '.2f')} "
             f"| {med(row.seq, 'p50', '.3f')} | {med(row.seq, 'p99', '.3f')} "
+            f"| {'-' if server is None else f'{server:.0f}'} "
+            f"| {'-' if client is None else f'{client:.0f}'} "
             f"| {'-' if rate_x is None else f'{rate_x:.2f}x'} "
             f"| {'-' if p50_x is None else f'{p50_x:.2f}x'} "
             f"| {', '.join(target) or '-'} "
@@ -240,6 +248,23 @@ class Processes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes (`pids`; None for this one)."""
+    total = 0.0
+    for pid in pids:
+        if pid is None:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            total += usage.ru_utime + usage.ru_stime
+            continue
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
 
 
 def rss_kib(pid: int) -> int:
@@ -358,20 +383,21 @@ def raw_worker(url: str, stream: str) -> None:
 class Setup:
     """The servers for one event loop, and this process's clients for them."""
 
-    def __init__(self, procs: Processes, url: str, loop: str, args):
+    def __init__(self, procs: Processes, url: str, loop: str, args, redis_pid: int | None):
         self.procs, self.url, self.loop, self.args = procs, url, loop, args
+        self.redis_pid = redis_pid
         self.service = f"bench-{loop}"
         self.stream = f"raw:{loop}:requests"
 
     def start_servers(self) -> None:
         procs, url, loop = self.procs, self.url, self.loop
-        _, self.bare_url = procs.server("bare", loop)
+        self.bare_proc, self.bare_url = procs.server("bare", loop)
         self.node_proc, self.node_url = procs.server("node", loop)
         self.worker_proc = procs.worker(url, self.service, loop)
         wait_until(lambda: live_workers(url, self.service) >= 1, timeout=30, what="worker")
         self.edge_proc, self.edge_url = procs.edge(url, self.service, loop)
         cmd = [sys.executable, __file__, "--raw-worker", url, self.stream, "--loop", loop]
-        procs.start(cmd)
+        self.floor_proc = procs.start(cmd)
         probe = __import__("redis").Redis.from_url(url)
         wait_until(lambda: probe.get(f"{self.stream}:ready"), timeout=30, what="raw worker")
         probe.close()
@@ -410,36 +436,44 @@ class Setup:
         """The headline rows, each just after its reference."""
         a = self.args
         http = f"HTTP, aiohttp client ({self.loop})"
+        worker, redis_pid = self.worker_proc.pid, self.redis_pid
         rows = [
-            (http, "bare aiohttp JSON echo handler", self.bare, {}),
+            (http, "bare aiohttp JSON echo handler", self.bare, [self.bare_proc.pid], {}),
             (
                 http,
                 "start_server(), in-process",
                 self.node,
+                [self.node_proc.pid],
                 {"reference": "bare aiohttp JSON echo handler", "min_rate": 0.8, "max_p50": 1.3},
             ),
             (
                 http,
                 "spark-edge + spark-worker over Redis",
                 self.edge,
+                [self.edge_proc.pid, worker, redis_pid],
                 {"reference": "bare aiohttp JSON echo handler", "min_rate": 0.7},
             ),
         ]
         redis = f"redis transport ({self.loop})"
         rows += [
-            (redis, "naive redis-py floor", self.floor.call, {}),
+            (redis, "naive redis-py floor", self.floor.call, [self.floor_proc.pid, redis_pid], {}),
             (
                 redis,
                 "proxy transport=redis + 1 spark-worker",
                 self.redis,
+                [worker, redis_pid],
                 {"reference": "naive redis-py floor", "min_rate": 2.0, "max_p50": 1.2},
             ),
         ]
-        for section, name, call, kw in rows:
+        for section, name, call, servers, kw in rows:
             row = table.row(section, name, **kw)
             print(f"  {section}: {name}", flush=True)
             await load(call, INFLIGHT, INFLIGHT)  # every connection open and warm
+            before = cpu_seconds(servers), cpu_seconds([None])
             row.load.append(await load(call, a.calls, INFLIGHT))
+            after = cpu_seconds(servers), cpu_seconds([None])
+            per_call = 1e6 / a.calls
+            row.cpu.append(((after[0] - before[0]) * per_call, (after[1] - before[1]) * per_call))
             row.seq.append(await load(call, a.sequential, 1))
 
 
@@ -581,7 +615,11 @@ def main(argv: list[str] | None = None) -> int:
         f"# Benchmarks\n\n`make bench` ({machine()}); median of {args.rounds} round(s); "
         f"{args.calls} calls per throughput figure at {INFLIGHT} in flight unless said, "
         f"{args.sequential} sequential calls per latency figure; every ratio against the "
-        "reference row measured in the same round."
+        "reference row measured in the same round. CPU µs/call: user + system time per call "
+        "during the loaded run, of the serving processes (the edge row: spark-edge + "
+        "spark-worker + redis-server; the redis rows: their worker + redis-server) and of the "
+        "benchmark's own client process. On 2 shared cores throughput follows the sum of "
+        "both, which is what the ratios compare."
     )
     table = Table()
     redis = RedisServer().start()
@@ -590,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     setups: dict[str, Setup] = {}
     try:
         for loop in loops:
-            setups[loop] = Setup(procs, redis.url, loop, args)
+            setups[loop] = Setup(procs, redis.url, loop, args, redis.pid)
             setups[loop].start_servers()
         extra = {}
         if not args.quick:
