@@ -15,6 +15,7 @@ from spark.broker import connect, registry
 from spark.broker.connection import describe
 from spark.broker.keys import ServiceKeys
 from spark.cli.common import (
+    REDIS_HELP,
     add_loop_argument,
     cli_redis_url,
     install_stop_signals,
@@ -36,9 +37,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", help="module:Class or module:factory")
     p.add_argument("--service", help="service name (default: derived from the class name)")
-    p.add_argument(
-        "--redis", help="broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0)"
-    )
+    p.add_argument("--redis", help=REDIS_HELP)
     p.add_argument(
         "--concurrency",
         type=int,
@@ -79,6 +78,12 @@ def parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="exit 0 when a live worker of the service has a fresh heartbeat, else 1",
+    )
+    p.add_argument(
+        "--expose-errors",
+        action="store_true",
+        help="answer a handler's crash with its exception type and message in the error's "
+        "data (default: only 'Internal error'; the traceback is in the log either way)",
     )
     add_loop_argument(p)
     p.add_argument("--log-level", default=None)
@@ -126,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     url = cli_redis_url(args.redis)
     target = load_target(args.target)
+    if args.expose_errors:
+        target.expose_errors = True
     service = service_of(target, args.service)
     if args.check:
         return run(_check(url, service), args.loop)

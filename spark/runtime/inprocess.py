@@ -67,11 +67,14 @@ class _Keyed:
 class InProcessHost(ServiceHost):
     """`node.runtime` of a node served in-process: notifications go straight to the edge.
 
-    State and `redis` work as in a worker, on the embedded broker.
+    State and `redis` work as in a worker, on the embedded broker (the service's own
+    GraphState lives in this process); plain `def` handlers run in its thread pool.
     """
 
-    def __init__(self, deliver: Callable[[Notification], object]):
-        super().__init__(MEMORY_URL)
+    def __init__(
+        self, deliver: Callable[[Notification], object], *, service: str, threads: int = 16
+    ):
+        super().__init__(MEMORY_URL, service=service, threads=threads)
         self._deliver = deliver
 
     async def notify(

@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
+import os
 from typing import Any
 
 from spark.broker import resolve_url
+from spark.broker.connection import ENV_URL
+from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.runtime.edge import EdgeConfig, EdgeServer
 from spark.runtime.inprocess import InProcessHost, InProcessService
 from spark.runtime.worker import WorkerConfig, _hook, run_worker, service_of
@@ -40,10 +44,10 @@ class NodeServer:
         and `worker_options` (a dict of `WorkerConfig` fields; in-process only
         `concurrency`, `grace` and `idempotency_ttl` apply)."""
         self.node = node
-        explicit = resolve_url(getattr(node, "redis_url", None), default="")
+        explicit = getattr(node, "redis_url", None) or os.environ.get(ENV_URL)
         #: Whether the node is served in this process with no broker (see the module doc).
         self.in_process = not explicit
-        self.url = resolve_url(explicit or None)
+        self.url = resolve_url(explicit) if explicit else None
         self.service = service_of(node)
         self.edge_options = edge_options
         self.worker_options: dict[str, Any] = edge_options.pop("worker_options", {})
@@ -61,9 +65,10 @@ class NodeServer:
     def endpoint(self) -> str | None:
         return self.edge.url if self.edge is not None else None
 
-    def _config(self) -> EdgeConfig:
+    def _edge(self, local: InProcessService | None = None) -> EdgeServer:
+        """The node's edge, with the node's WebSocket hooks."""
         node = self.node
-        return EdgeConfig(
+        config = EdgeConfig(
             redis_url=self.url,
             host=getattr(node, "host", "127.0.0.1"),
             port=getattr(node, "port", 8000),
@@ -73,6 +78,10 @@ class NodeServer:
             ssl_ca_certs=getattr(node, "ssl_ca_certs", None),
             **self.edge_options,
         )
+        edge = EdgeServer(config, local=local)
+        edge.edge.on_connect = _hook_of(node, "on_websocket_connect")
+        edge.edge.on_disconnect = _hook_of(node, "on_websocket_disconnect")
+        return edge
 
     async def start(self) -> NodeServer:
         if self._worker is not None or self._local is not None:
@@ -90,18 +99,19 @@ class NodeServer:
 
     async def _start_in_process(self) -> None:
         node = self.node
-        config = self._config()
         options = self.worker_options
         local = InProcessService(
             node,
             self.service,
             concurrency=options.get("concurrency", _WORKER_DEFAULTS.concurrency),
-            max_backlog=config.max_backlog,
+            max_backlog=self.edge_options.get("max_backlog", DEFAULT_MAX_BACKLOG),
             idempotency_ttl=options.get("idempotency_ttl", _WORKER_DEFAULTS.idempotency_ttl),
             grace=options.get("grace", _WORKER_DEFAULTS.grace),
         )
-        edge = EdgeServer(config, local=local)
-        host = InProcessHost(edge.edge.on_notification)
+        edge = self._edge(local)
+        host = InProcessHost(
+            edge.edge.on_notification, service=self.service, threads=local.concurrency
+        )
         # What run_worker does for a worker: the node learns its runtime and service name.
         if hasattr(node, "runtime"):
             node.runtime = host
@@ -137,10 +147,17 @@ class NodeServer:
             worker.result()  # raises what stopped it
             raise RuntimeError(f"worker for {self.service!r} stopped before it was ready")
         try:
-            self.edge = await EdgeServer(self._config()).start()
+            self.edge = await self._edge().start()
         except BaseException:
             await self._stop_worker()
             raise
+
+    @property
+    def websocket_clients(self) -> dict[str, Any]:
+        """The open WebSocket connections of this server's edge, by client id."""
+        if self.edge is None:
+            return {}
+        return {cid: conn.ws for cid, conn in self.edge.edge.sockets.items()}
 
     async def stop(self) -> None:
         if self.edge is not None:
@@ -173,3 +190,26 @@ class NodeServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _hook_of(node: Any, name: str) -> Any:
+    """The node's `name(client_id, ws)` hook, called with `(client_id)` alone when that is
+    all it takes (both forms appear in upstream's docs); None when it has none."""
+    hook = getattr(node, name, None)
+    if hook is None:
+        return None
+    try:
+        positional = [
+            p
+            for p in inspect.signature(hook).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+    except (TypeError, ValueError):
+        positional = []
+    if len(positional) == 1:
+
+        async def call_with_id(client_id: str, _ws: Any) -> None:
+            await hook(client_id)
+
+        return call_with_id
+    return hook
