@@ -225,9 +225,38 @@ class InProcessService:
         try:
             if remaining <= 0:
                 raise self._expired(method)
-            return await self._invoke(
-                method, params, deadline, remaining, idempotency_key, client_id
+            self._seq += 1
+            call = CallInfo(
+                request_id=f"{self._seq:x}",
+                service=self.service,
+                method=method,
+                client_id=client_id or self.client_id,
+                deadline=deadline,
+                idempotency_key=idempotency_key,
             )
+            token = current_call.set(call)
+            try:
+                with timeout(remaining) as scope:
+                    result = await self.node.handle_rpc(method, params, call)
+            except RpcError:  # before TimeoutError: RpcTimeoutError is one
+                self.failed += 1
+                raise
+            except TimeoutError:
+                self.failed += 1
+                if scope.expired():
+                    raise RpcTimeoutError(
+                        "handler did not finish before the request's deadline",
+                        data={"service": self.service, "method": method},
+                    ) from None
+                log.exception("handler %s.%s raised", self.service, method)
+                raise InternalError() from None
+            except Exception:
+                self.failed += 1
+                log.exception("handler %s.%s raised", self.service, method)
+                raise InternalError() from None
+            finally:
+                current_call.reset(token)
+            return self._encode(method, result)
         finally:
             self._slots.release()
 
@@ -237,46 +266,7 @@ class InProcessService:
             data={"service": self.service, "method": method},
         )
 
-    async def _invoke(
-        self,
-        method: str,
-        params: Any,
-        deadline: float,
-        remaining: float,
-        idempotency_key: str | None,
-        client_id: str | None,
-    ) -> Any:
-        self._seq += 1
-        call = CallInfo(
-            request_id=f"{self._seq:x}",
-            service=self.service,
-            method=method,
-            client_id=client_id or self.client_id,
-            deadline=deadline,
-            idempotency_key=idempotency_key,
-        )
-        token = current_call.set(call)
-        try:
-            with timeout(remaining) as scope:
-                result = await self.node.handle_rpc(method, params, call)
-        except RpcError:  # before TimeoutError: RpcTimeoutError is one
-            self.failed += 1
-            raise
-        except TimeoutError:
-            self.failed += 1
-            if scope.expired():
-                raise RpcTimeoutError(
-                    "handler did not finish before the request's deadline",
-                    data={"service": self.service, "method": method},
-                ) from None
-            log.exception("handler %s.%s raised", self.service, method)
-            raise InternalError() from None
-        except Exception:
-            self.failed += 1
-            log.exception("handler %s.%s raised", self.service, method)
-            raise InternalError() from None
-        finally:
-            current_call.reset(token)
+    def _encode(self, method: str, result: Any) -> orjson.Fragment:
         try:
             # Encoded here, once: a result that is not JSON fails this request alone, as
             # in a worker, and the edge embeds the bytes as they are.
