@@ -104,7 +104,9 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
         parsed,
         transport="http",
         timeout=edge.timeout_for(
-            request.headers.get("X-Spark-Timeout") or request.query.get("timeout")
+            request.headers.get("X-Spark-Timeout")
+            # Parsing the query costs on every request: only when there is one.
+            or (request.query.get("timeout") if request.query_string else None)
         ),
         idempotency_key=request.headers.get("Idempotency-Key") or None,
         options=request_options(data, parsed),
