@@ -137,6 +137,20 @@ def split_input(content: Any, metadata: dict | None, default_method: str | None)
     return method, params
 
 
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """`inspect.iscoroutinefunction`, remembered per function (asked on every call)."""
+    target = getattr(fn, "__func__", fn)
+    known = _ASYNC_FUNCTIONS.get(target)
+    if known is None:
+        known = inspect.iscoroutinefunction(fn)
+        if len(_ASYNC_FUNCTIONS) < _MAX_SHAPES:
+            _ASYNC_FUNCTIONS[target] = known
+    return known
+
+
+_ASYNC_FUNCTIONS: dict[Any, bool] = {}
+
+
 async def _maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
@@ -304,7 +318,7 @@ class RpcNode(Node):
         return result if replaced is None else replaced
 
     async def _run_handler(self, handler: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        if inspect.iscoroutinefunction(handler):
+        if _is_async(handler):
             return await handler(*args, **kwargs)
         runner = getattr(self.runtime, "run_sync", None)
         if runner is not None:
