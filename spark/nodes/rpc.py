@@ -297,15 +297,20 @@ class RpcNode(Node):
 
     async def _dispatch(self, method, params, context, handler, args, kwargs) -> Any:
         hooks = _hook_styles(type(self))
+        # Hooks nobody overrode do nothing: not calling them saves four coroutines a call.
+        plain = hooks.inherited and not (_HOOKS & self.__dict__.keys())
         request_id = (context.metadata.get("rpc") or {}).get("request_id")
         try:
-            third = context if hooks.before_takes_context else request_id
-            await _maybe_await(self.before_request(method, params, third))
+            if not plain:
+                third = context if hooks.before_takes_context else request_id
+                await _maybe_await(self.before_request(method, params, third))
             result = await self._run_handler(handler, args, kwargs)
         except Exception as exc:
-            if not hooks.after_legacy:
+            if not hooks.after_legacy and not plain:
                 await self._after_failure(method, params, request_id, exc)
             raise self._answer_for(method, exc) from exc
+        if plain:
+            return result
         try:
             if hooks.after_legacy:
                 replaced = await _maybe_await(self.after_request(method, result, context))
@@ -481,11 +486,16 @@ class RpcNode(Node):
 
 
 class _HookStyles:
-    __slots__ = ("after_legacy", "before_takes_context")
+    __slots__ = ("after_legacy", "before_takes_context", "inherited")
 
-    def __init__(self, before_takes_context: bool, after_legacy: bool) -> None:
+    def __init__(self, before_takes_context: bool, after_legacy: bool, inherited: bool) -> None:
         self.before_takes_context = before_takes_context
         self.after_legacy = after_legacy
+        #: Neither hook is overridden by the class: both are RpcNode's no-ops.
+        self.inherited = inherited
+
+
+_HOOKS = frozenset({"before_request", "after_request"})
 
 
 _STYLES: dict[type, _HookStyles] = {}
@@ -510,5 +520,7 @@ def _hook_styles(cls: type) -> _HookStyles:
         styles = _STYLES[cls] = _HookStyles(
             before_takes_context=len(before) >= 3 and before[2] in ("context", "ctx"),
             after_legacy=len(after) == 3,
+            inherited=cls.before_request is RpcNode.before_request  # type: ignore[attr-defined]
+            and cls.after_request is RpcNode.after_request,  # type: ignore[attr-defined]
         )
     return styles
