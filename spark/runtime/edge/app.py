@@ -27,6 +27,7 @@ from spark.errors import (
     UnauthorizedError,
 )
 from spark.protocol import encode_error
+from spark.protocol.wire import IDEMPOTENCY_HEADER, TIMEOUT_HEADER, TIMEOUT_QUERY
 from spark.runtime.edge.config import EdgeConfig
 from spark.runtime.edge.core import Edge, request_options, valid_service
 from spark.runtime.edge.security import server_ssl_context
@@ -104,11 +105,11 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
         parsed,
         transport="http",
         timeout=edge.timeout_for(
-            request.headers.get("X-Spark-Timeout")
+            request.headers.get(TIMEOUT_HEADER)
             # Parsing the query costs on every request: only when there is one.
-            or (request.query.get("timeout") if request.query_string else None)
+            or (request.query.get(TIMEOUT_QUERY) if request.query_string else None)
         ),
-        idempotency_key=request.headers.get("Idempotency-Key") or None,
+        idempotency_key=request.headers.get(IDEMPOTENCY_HEADER) or None,
         options=request_options(data, parsed),
     )
     if body is None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -38,6 +37,7 @@ from spark.errors import (
     TransportError,
 )
 from spark.protocol import Parsed, Request, Response, encode_reply, parse_body
+from spark.protocol.wire import SPARK_MEMBER, RequestOptions, read_spark_member
 from spark.runtime.edge.config import EdgeConfig
 from spark.runtime.edge.metrics import EdgeMetrics
 from spark.runtime.edge.security import TokenCheck
@@ -50,12 +50,7 @@ log = logging.getLogger("spark.edge")
 
 #: Longest idempotency key accepted (it becomes part of a Redis key).
 MAX_IDEMPOTENCY_KEY = 200
-#: The extra request member with per-request options.
-SPARK_MEMBER = "spark"
 _SPARK_MEMBER_BYTES = f'"{SPARK_MEMBER}"'.encode()
-
-#: Per request: its own timeout (seconds) and idempotency key, each None when not given.
-RequestOptions = tuple[float | None, str | None]
 
 
 def request_options(data: bytes | str, parsed: Parsed) -> list[RequestOptions] | None:
@@ -77,22 +72,11 @@ def request_options(data: bytes | str, parsed: Parsed) -> list[RequestOptions] |
     docs = doc if parsed.is_batch else [doc]
     if not isinstance(docs, list) or len(docs) != len(parsed.items):
         return None
-    options: list[RequestOptions] = []
-    for item_doc, item in zip(docs, parsed.items, strict=True):
-        if not isinstance(item, Request):
-            continue
-        member = item_doc.get(SPARK_MEMBER) if isinstance(item_doc, dict) else None
-        timeout = key = None
-        if isinstance(member, dict):
-            value = member.get("timeout")
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                if math.isfinite(value) and value > 0:
-                    timeout = float(value)
-            value = member.get("idempotency_key")
-            if isinstance(value, str) and 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
-                key = value
-        options.append((timeout, key))
-    return options
+    return [
+        read_spark_member(item_doc, MAX_IDEMPOTENCY_KEY)
+        for item_doc, item in zip(docs, parsed.items, strict=True)
+        if isinstance(item, Request)
+    ]
 
 
 def valid_service(name: str) -> bool:
