@@ -19,6 +19,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from spark.broker.packing import hiredis_packing
+
 if TYPE_CHECKING:
     import fakeredis
 
@@ -116,6 +118,7 @@ def connect(
         # One quick retry inside redis-py; the callers own the longer retry policies.
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
     )
+    pool.connection_class = hiredis_packing(pool.connection_class)
     client = aioredis.Redis(connection_pool=pool, single_connection_client=dedicated)
     # The pool is this client's alone: close its connections with it (as Redis.from_pool).
     client.auto_close_connection_pool = True

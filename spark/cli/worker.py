@@ -19,12 +19,14 @@ from spark.cli.common import (
     REDIS_HELP,
     Parser,
     UsageError,
+    add_loop_argument,
     broker_url,
     cli_redis_url,
     install_stop_signals,
     load_target,
     log_level,
     positive,
+    run,
     service_name,
     setup_logging,
     usage_exit,
@@ -93,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
         help="answer a handler's crash with its exception type and message in the error's "
         "data (default: only 'Internal error'; the traceback is in the log either way)",
     )
+    add_loop_argument(p)
     p.add_argument("--log-level", type=log_level, help="debug, info (default), warning, error")
     return p
 
@@ -145,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         return usage_exit("spark-worker", exc)
     if args.check:
-        return asyncio.run(_check(url, service))
+        return run(_check(url, service), args.loop)
     if args.processes > 1:
         child = [sys.executable, "-m", "spark.cli.worker", *argv, "--processes", "1"]
-        return asyncio.run(_supervise(child, args))
-    asyncio.run(_serve(target, args, url))
+        return run(_supervise(child, args), args.loop)
+    run(_serve(target, args, url), args.loop)
     return 0
 
 
