@@ -14,7 +14,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from spark.broker.keys import GROUP, SERVICES, ServiceKeys
+from spark.broker.connection import is_cluster, scan_keys
+from spark.broker.keys import GROUP, REQUESTS_PATTERN, SERVICES, ServiceKeys, service_of
 
 
 async def beat(
@@ -48,7 +49,19 @@ async def live_workers(redis: aioredis.Redis, keys: ServiceKeys) -> dict[str, di
 
 
 async def services(redis: aioredis.Redis) -> list[str]:
-    return sorted(s.decode() for s in await redis.smembers(SERVICES))
+    """Every service that ever had a worker or a request stream.
+
+    On a cluster the services' keys are spread over the shards: besides the registry set,
+    every primary is scanned for request streams, so a service is listed even when the
+    registry set's shard lost it in a failover.
+    """
+    names = {s.decode() for s in await redis.smembers(SERVICES)}
+    if is_cluster(redis):
+        async for key in scan_keys(redis, REQUESTS_PATTERN):
+            name = service_of(key.decode("utf-8", "replace"))
+            if name is not None:
+                names.add(name)
+    return sorted(names)
 
 
 async def prune(redis: aioredis.Redis, keys: ServiceKeys, grace: float) -> list[str]:

@@ -8,9 +8,8 @@ import time
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
-from spark.broker import Envelope, ServiceQueue
+from spark.broker import Envelope, ServiceQueue, connect
 from spark.broker.keys import GROUP, ServiceKeys, reply_key
 from spark.client.broker_client import BrokerClient
 from spark.errors import DeadLetteredError, InternalError, MethodNotFoundError, RpcTimeoutError
@@ -31,7 +30,7 @@ async def client(redis_url):
 
 @pytest.fixture
 async def redis(redis_url):
-    r = aioredis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     yield r
     await r.aclose()
 
@@ -57,6 +56,7 @@ async def pending_of(redis, service="lab") -> int:
     return info["pending"]
 
 
+@pytest.mark.topologies()
 async def test_calls_answered_acked_and_deleted(workers, client, redis):
     workers()
     results = await asyncio.gather(*(client.call("lab", "echo", {"i": i}) for i in range(200)))

@@ -8,8 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import redis
-
+from support.redis_cluster import sync_client
 from support.redis_server import wait_until
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
@@ -25,7 +24,7 @@ def env() -> dict[str, str]:
 def live_workers(url: str, service: str) -> int:
     import time
 
-    client = redis.Redis.from_url(url)
+    client = sync_client(url)
     try:
         return client.zcount(f"spark:{{{service}}}:workers", time.time(), "+inf")
     finally:
