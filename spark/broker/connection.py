@@ -205,6 +205,7 @@ def _connect_sentinel(url: str, socket_timeout: float | None):
         socket_connect_timeout=2.0,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        **primary_kwargs,
     )
     client.sentinel = sentinel
     return client

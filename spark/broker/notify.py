@@ -31,8 +31,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from spark.aio import cancel_and_wait
-from spark.broker import UNREACHABLE
-from spark.broker import connection
+from spark.broker import UNREACHABLE, connection
 from spark.broker.connection import connect, is_cluster_url
 from spark.broker.keys import ServiceKeys, client_channel
 
@@ -331,7 +330,7 @@ class _Session:
             if new:
                 self.readers.append(asyncio.create_task(self._read(pubsub)))
         if waits:
-            done, _ = await asyncio.wait(
+            await asyncio.wait(
                 [asyncio.gather(*waits), self.failed], return_when=asyncio.FIRST_COMPLETED
             )
             if self.failed.done():

@@ -366,7 +366,6 @@ class SentinelGroup:
             server.cleanup()
 
 
-
 def sync_client(url: str):
     """A synchronous redis-py client for any broker URL (for test helpers that poll)."""
     from redis.cluster import ClusterNode, RedisCluster
