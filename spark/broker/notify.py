@@ -27,6 +27,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -222,7 +223,9 @@ class NotificationListener:
             except (*UNREACHABLE, RedisError, RuntimeError, TimeoutError) as exc:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
-                    log.warning("notification listener lost Redis (%s); reconnecting", exc)
+                    log.warning(
+                        "notification listener lost Redis (%r); reconnecting", exc, exc_info=True
+                    )
             finally:
                 self._session = None
                 self.subscribed.clear()
@@ -244,6 +247,14 @@ class NotificationListener:
 
 _CONFIRMS = ("subscribe", "ssubscribe", "psubscribe")
 _MESSAGES = ("message", "pmessage", "smessage")
+
+
+def _by_slot(channels: list[str]) -> list[list[str]]:
+    """SSUBSCRIBE takes several channels only when they share one slot."""
+    groups: dict[int, list[str]] = defaultdict(list)
+    for ch in channels:
+        groups[key_slot(ch.encode())].append(ch)
+    return list(groups.values())
 
 
 def _text(value: str | bytes) -> str:
@@ -268,6 +279,9 @@ class _Session:
         self.failed: asyncio.Future = asyncio.get_running_loop().create_future()
         self.confirms: dict[str, asyncio.Future] = {}
         self.leaving: Counter[str] = Counter()
+        # One subscribe command at a time: a pubsub opens its connection on its first
+        # command, and two first commands at once would ask its one-connection pool twice.
+        self.commands = asyncio.Lock()
 
     async def open(self) -> None:
         listener = self.listener
@@ -313,7 +327,19 @@ class _Session:
         for ch in channels:
             groups[self._route(ch)].append(ch)
         patterns = list(patterns)
-        waits = []
+        waits: list[asyncio.Future] = []
+        async with self.commands:
+            await self._send_subscribe(groups, patterns, waits)
+        if waits:
+            await asyncio.wait(
+                [asyncio.gather(*waits), self.failed], return_when=asyncio.FIRST_COMPLETED
+            )
+            if self.failed.done():
+                raise self.failed.exception() or RuntimeError("listener session ended")
+
+    async def _send_subscribe(
+        self, groups: dict[str, list[str]], patterns: list[str], waits: list[asyncio.Future]
+    ) -> None:
         loop = asyncio.get_running_loop()
         for name in set(groups) | ({""} if patterns else set()):
             pubsub, new = self._pubsub(name)
@@ -322,19 +348,14 @@ class _Session:
                 waits.append(self.confirms.setdefault(ch, loop.create_future()))
             if chs:
                 if self.listener.sharded:
-                    await pubsub.ssubscribe(*chs)
+                    for same_slot in _by_slot(chs):
+                        await pubsub.ssubscribe(*same_slot)
                 else:
                     await pubsub.subscribe(*chs)
             if patterns and name == "":
                 await pubsub.psubscribe(*patterns)
             if new:
                 self.readers.append(asyncio.create_task(self._read(pubsub)))
-        if waits:
-            await asyncio.wait(
-                [asyncio.gather(*waits), self.failed], return_when=asyncio.FIRST_COMPLETED
-            )
-            if self.failed.done():
-                raise self.failed.exception() or RuntimeError("listener session ended")
 
     def unsubscribe(self, channels: list[str]) -> None:
         task = asyncio.get_running_loop().create_task(self._unsubscribe(channels))
@@ -352,10 +373,12 @@ class _Session:
                 continue
             self.leaving.update(chs)
             try:
-                if self.listener.sharded:
-                    await pubsub.sunsubscribe(*chs)
-                else:
-                    await pubsub.unsubscribe(*chs)
+                async with self.commands:
+                    if self.listener.sharded:
+                        for same_slot in _by_slot(chs):
+                            await pubsub.sunsubscribe(*same_slot)
+                    else:
+                        await pubsub.unsubscribe(*chs)
             except Exception as exc:  # the connection's reader notices and reconnects
                 log.debug("unsubscribing failed: %s", exc)
 
@@ -370,7 +393,8 @@ class _Session:
                 if kind in _MESSAGES:
                     await listener._deliver(msg)
                     continue
-                name = _text(msg.get("pattern") if kind == "psubscribe" else msg["channel"])
+                # Confirmations name the channel (or pattern) in "channel".
+                name = _text(msg["channel"])
                 if kind in _CONFIRMS:
                     fut = self.confirms.get(name)
                     if fut is not None and not fut.done():
