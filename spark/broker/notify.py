@@ -223,9 +223,7 @@ class NotificationListener:
             except (*UNREACHABLE, RedisError, RuntimeError, TimeoutError) as exc:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
-                    log.warning(
-                        "notification listener lost Redis (%r); reconnecting", exc, exc_info=True
-                    )
+                    log.warning("notification listener lost Redis (%r); reconnecting", exc)
             finally:
                 self._session = None
                 self.subscribed.clear()
