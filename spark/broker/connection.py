@@ -48,6 +48,9 @@ CLUSTER_ATTEMPTS = 6
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
+#: Every URL scheme `connect` understands.
+BROKER_SCHEMES = ("redis", "rediss", "unix", "memory", *CLUSTER_SCHEMES, *SENTINEL_SCHEMES)
+
 _memory_servers: dict[str, object] = {}
 
 
@@ -56,6 +59,11 @@ def resolve_url(url: str | None = None, default: str = MEMORY_URL) -> str:
     if url:
         return url
     return os.environ.get(ENV_URL) or default
+
+
+def is_broker_url(url: str) -> bool:
+    """Whether `url` names a broker (as opposed to an edge's http(s):// or ws(s):// URL)."""
+    return url.split(":", 1)[0].lower() in BROKER_SCHEMES and ":" in url
 
 
 def is_memory(url: str) -> bool:

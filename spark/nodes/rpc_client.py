@@ -47,6 +47,7 @@ from tenacity import (
 )
 
 from spark.broker import resolve_url
+from spark.broker.connection import is_broker_url
 from spark.context import inherited_deadline
 from spark.errors import RpcError, RpcTimeoutError, TransportError
 from spark.nodes.base import Node
@@ -55,7 +56,6 @@ from spark.nodes.rpc import NOTIFICATION_TOPIC_PREFIX, split_input
 from spark.nodes.types import ExecutionContext
 
 TRANSPORTS = ("http", "websocket", "redis")
-_BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "memory://", "memory:")
 
 
 @dataclass
@@ -160,7 +160,7 @@ def _make_transport(config: RemoteRpcProxyConfig):
     if config.transport == "redis":
         from spark.client.transport import RedisTransport
 
-        url = config.endpoint if config.endpoint.startswith(_BROKER_SCHEMES) else None
+        url = config.endpoint if is_broker_url(config.endpoint) else None
         return RedisTransport(resolve_url(url), config.service)
     module, name = {
         "http": ("spark.client.http", "HttpTransport"),

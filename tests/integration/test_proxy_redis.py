@@ -47,6 +47,7 @@ def ctx(content, metadata=None) -> ExecutionContext:
     return ExecutionContext(inputs=NodeMessage(content=content, metadata=metadata or {}))
 
 
+@pytest.mark.topologies()
 async def test_calls_spread_over_a_pool_of_workers(pool, redis_url):
     workers = pool(count=3)
     async with proxy_for(redis_url) as proxy:
