@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlparse
 
 import redis.asyncio as aioredis
@@ -27,6 +28,8 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 
 ENV_URL = "SPARK_REDIS_URL"
 MEMORY_URL = "memory://"
@@ -153,6 +156,32 @@ def _tls_options(query: dict[str, str]) -> dict:
     return options
 
 
+class ClusterClient(RedisCluster):
+    """RedisCluster that learns the slot map before its first command.
+
+    redis-py routes a command sent before the client knows any node to a random node: many
+    concurrent first commands then meet a storm of MOVED replies, whose topology refreshes
+    drop connections with commands in flight, which redis-py retries: measured here, 200
+    concurrent first EVALSHA increments counted up to 229.
+    """
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:  # redis-py's own "slot map unknown" flag
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> ClusterClient:
+        # No seed reachable, or the slots not all served yet (a failover under way): to the
+        # callers that is Redis being unreachable, which their loops wait out.
+        try:
+            await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            if type(exc) is not RedisClusterException:
+                raise
+            raise RedisConnectionError(str(exc)) from exc
+        return self
+
+
 def _connect_cluster(url: str, max_connections: int, socket_timeout: float | None):
     target = parse_multi_host(url)
     if target.path and target.path != ["0"]:
@@ -160,7 +189,7 @@ def _connect_cluster(url: str, max_connections: int, socket_timeout: float | Non
     kwargs: dict = {}
     if target.tls:
         kwargs = {"ssl": True, **_tls_options(target.query)}
-    return RedisCluster(
+    return ClusterClient(
         startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
         username=target.username,
         password=target.password,

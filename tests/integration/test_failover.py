@@ -78,7 +78,8 @@ async def responsive(services, client) -> bool:
 
 
 @pytest.mark.topologies("cluster", "sentinel")
-async def test_primary_sigkill_with_200_calls_in_flight(request, redis_url):
+async def test_primary_sigkill_with_200_calls_in_flight(request, redis_url, monkeypatch):
+    monkeypatch.setenv("SPARK_LOG_LEVEL", "ERROR")  # the workers' retry lines are expected
     group, services = topology(request, redis_url)
     doomed_service = services[0]
     workers = [
