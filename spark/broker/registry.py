@@ -14,7 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from spark.broker.connection import is_cluster, scan_keys
+from spark.broker.connection import scan_keys
 from spark.broker.keys import GROUP, REQUESTS_PATTERN, SERVICES, ServiceKeys, service_of
 
 
@@ -48,15 +48,16 @@ async def live_workers(redis: aioredis.Redis, keys: ServiceKeys) -> dict[str, di
     return {n.decode(): orjson.loads(info[n]) if n in info else {} for n in names}
 
 
-async def services(redis: aioredis.Redis) -> list[str]:
-    """Every service that ever had a worker or a request stream.
+async def services(redis: aioredis.Redis, *, scan: bool = False) -> list[str]:
+    """Every service that ever had a worker (the registry set).
 
-    On a cluster the services' keys are spread over the shards: besides the registry set,
-    every primary is scanned for request streams, so a service is listed even when the
-    registry set's shard lost it in a failover.
+    `scan=True` (the operator's `spark status` and `spark dlq`) also lists every service
+    with a request stream, found by SCAN on every primary: on a cluster the services' keys
+    are spread over the shards, and a service whose requests were sent before any worker
+    started, or whose entry the registry set's shard lost in a failover, still shows.
     """
     names = {s.decode() for s in await redis.smembers(SERVICES)}
-    if is_cluster(redis):
+    if scan:
         async for key in scan_keys(redis, REQUESTS_PATTERN):
             name = service_of(key.decode("utf-8", "replace"))
             if name is not None:

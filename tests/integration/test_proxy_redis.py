@@ -47,7 +47,6 @@ def ctx(content, metadata=None) -> ExecutionContext:
     return ExecutionContext(inputs=NodeMessage(content=content, metadata=metadata or {}))
 
 
-@pytest.mark.topologies()
 async def test_calls_spread_over_a_pool_of_workers(pool, redis_url):
     workers = pool(count=3)
     async with proxy_for(redis_url) as proxy:
@@ -118,6 +117,7 @@ async def test_graph_chains_proxies_and_local_nodes(pool, redis_url):
     await b.aclose()
 
 
+@pytest.mark.topologies()
 async def test_notifications_reach_the_graph_event_bus(pool, redis_url):
     pool()
     proxy = proxy_for(redis_url)
@@ -142,6 +142,7 @@ async def test_notifications_reach_the_graph_event_bus(pool, redis_url):
     await proxy.aclose()
 
 
+@pytest.mark.topologies()
 async def test_graph_state_is_shared_with_remote_handlers(pool, redis_url):
     """One workflow run, one state: the handler in another process uses the caller's state."""
     workers = pool(count=2)

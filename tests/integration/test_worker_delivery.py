@@ -106,6 +106,7 @@ async def _is_zero(aw) -> bool:
     return (await aw) == 0
 
 
+@pytest.mark.topologies()
 async def test_sigkill_mid_request_is_reclaimed_and_answered_once(workers, client, redis):
     doomed = workers("--reclaim-after", "1")
     call = asyncio.create_task(
@@ -130,6 +131,7 @@ async def test_long_handler_is_not_reclaimed_while_its_worker_lives(workers, cli
     assert await pending_of(redis) == 0
 
 
+@pytest.mark.topologies()
 async def test_poison_request_is_dead_lettered_and_caller_told(redis_url, client, redis):
     pool = WorkerProcess(
         TARGET,
@@ -176,6 +178,7 @@ async def test_expired_work_is_not_run_and_caller_stops_at_deadline(workers, cli
         await client.call("lab", "sleep", {"seconds": 30}, timeout=0.5)
 
 
+@pytest.mark.topologies()
 async def test_idempotency_key_runs_handler_once(workers, client, redis):
     workers()
     first = await client.call("lab", "count", {"key": "idem"}, idempotency_key="order-1")
