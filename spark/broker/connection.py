@@ -74,7 +74,13 @@ def is_memory(url: str) -> bool:
 
 
 def _memory_server(url: str):
-    import fakeredis
+    try:
+        import fakeredis
+    except ImportError:
+        raise RuntimeError(
+            f"{url} is the embedded broker, which needs `pip install 'spark-rpc[embedded]'`; "
+            "or give a Redis URL (--redis, $SPARK_REDIS_URL)"
+        ) from None
 
     # Not urlparse: a name is free text (test ids hold brackets, which read as IPv6).
     name = url.split(":", 1)[1].lstrip("/").strip() or "default"
@@ -265,9 +271,10 @@ def connect(
     (a hot path such as the worker's reply writer).
     """
     if is_memory(url):
+        server = _memory_server(url)
         from fakeredis import aioredis as fake_aioredis
 
-        return fake_aioredis.FakeRedis(server=_memory_server(url))
+        return fake_aioredis.FakeRedis(server=server)
     if is_cluster_url(url):
         # No single connection here: a cluster client talks to every primary.
         return _connect_cluster(url, max_connections, socket_timeout)

@@ -40,6 +40,12 @@ async def live_count(redis: aioredis.Redis, keys: ServiceKeys) -> int:
     return await redis.zcount(keys.workers, time.time(), "+inf")
 
 
+async def is_live(redis: aioredis.Redis, keys: ServiceKeys, consumer: str) -> bool:
+    """Whether this one worker's heartbeat is fresh (for its own health check)."""
+    expires = await redis.zscore(keys.workers, consumer)
+    return expires is not None and expires > time.time()
+
+
 async def live_workers(redis: aioredis.Redis, keys: ServiceKeys) -> dict[str, dict]:
     pipe = redis.pipeline(transaction=False)
     pipe.zrangebyscore(keys.workers, time.time(), "+inf")
