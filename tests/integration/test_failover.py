@@ -143,3 +143,38 @@ async def test_primary_sigkill_with_200_calls_in_flight(request, redis_url, monk
     finally:
         for w in workers:
             w.stop()
+
+
+@pytest.mark.topologies("cluster")
+async def test_service_slot_migrates_with_calls_in_flight(request, redis_url, monkeypatch):
+    """Resharding under load: the slot of a service moves to another primary, one key at a
+    time, while 200 calls run; clients and workers follow ASK and MOVED, and a worker blocked
+    on the stream that moved away (UNBLOCKED) reads again where it went."""
+    monkeypatch.setenv("SPARK_LOG_LEVEL", "ERROR")
+    group, services = topology(request, redis_url)
+    service = services[0]
+    tag = f"{{{service}}}"
+    worker = WorkerProcess(LAB, redis_url, "--concurrency", "32", service=service)
+    try:
+        worker.wait_ready(timeout=30)
+        async with BrokerClient(redis_url) as client:
+            assert await client.call(service, "echo", {"x": 1}, timeout=10) == {"x": 1}
+            source = group.owner_of(tag)
+            target = next(p for p in group.primaries() if p is not source)
+            calls = [
+                asyncio.create_task(client.call(service, "echo", {"i": i}, timeout=40))
+                for i in range(CALLS)
+            ]
+            await asyncio.to_thread(group.migrate_slot, tag, target, 1, lambda: time.sleep(0.05))
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            assert group.owner_of(tag) is target
+            results = [o for o in outcomes if isinstance(o, dict)]
+            print(f"MIGRATION: {len(results)} of {CALLS} calls answered with their result")
+            assert all(isinstance(o, dict | RpcError) for o in outcomes), outcomes
+            assert sorted(r["i"] for r in results) == sorted(
+                i for i, o in enumerate(outcomes) if isinstance(o, dict)
+            )
+            await eventually(lambda: responsive([service], client), timeout=30, what="answers")
+        assert worker.proc.poll() is None
+    finally:
+        worker.stop()

@@ -154,6 +154,42 @@ class RedisClusterGroup:
             client.close()
         return next(s for s in self.servers if s.port == port)
 
+    def node_id(self, server: RedisServer) -> str:
+        client = _client(server.port)
+        try:
+            return client.execute_command("CLUSTER MYID").decode()
+        finally:
+            client.close()
+
+    def migrate_slot(self, key: str, to: RedisServer, batch: int = 10, pause=None) -> None:
+        """Move `key`'s slot to the primary `to`, keys a batch at a time (as `redis-cli
+        --cluster reshard` does), calling `pause()` between batches: meanwhile clients meet
+        ASK (keys already moved) and TRYAGAIN (multi-key commands over both nodes)."""
+        source = self.owner_of(key)
+        assert source is not to
+        src, dst = _client(source.port), _client(to.port)
+        try:
+            slot = src.cluster("keyslot", key)
+            src_id, dst_id = self.node_id(source), self.node_id(to)
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+            while True:
+                keys = src.execute_command("CLUSTER GETKEYSINSLOT", slot, batch)
+                if not keys:
+                    break
+                src.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+                if pause is not None:
+                    pause()
+            for server in (to, source, *[p for p in self.primaries() if p not in (to, source)]):
+                client = _client(server.port)
+                try:
+                    client.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+                finally:
+                    client.close()
+        finally:
+            src.close()
+            dst.close()
+
     def kill_owner_of(self, key: str) -> RedisServer:
         server = self.owner_of(key)
         server.kill()
