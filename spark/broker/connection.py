@@ -6,9 +6,11 @@
 - `redis+sentinel://[user:pass@]host:port[,host:port...]/service_name[/db]`: the primary
   that Sentinel names for `service_name` (`redis.asyncio.sentinel`); the password is the
   primary's (add `?sentinel_password=...` when the sentinels have their own).
-- `memory://[name]`: the embedded broker, a fakeredis server living in this process, shared
-  by every client that names it. It is the default when no URL is given and
-  `SPARK_REDIS_URL` is unset, so the library runs with nothing installed.
+- `memory://[name]`: the embedded broker (the `embedded` extra), a fakeredis server living
+  in this process, shared by every client that names it.
+
+With no URL given and `SPARK_REDIS_URL` unset, library and CLIs alike use a Redis on
+localhost:6379 when one answers, else the embedded broker (saying so once in the log).
 
 Everything above the broker layer gets a client with the same commands whatever the URL;
 the few commands that differ on a cluster (sharded pub/sub, scanning every primary) go
@@ -17,7 +19,10 @@ through the helpers at the end of this module.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +38,7 @@ from redis.exceptions import RedisClusterException
 
 ENV_URL = "SPARK_REDIS_URL"
 MEMORY_URL = "memory://"
-#: What the CLIs use when neither --redis nor SPARK_REDIS_URL is given.
+#: The default broker when a Redis answers on it (library and CLIs alike).
 CLI_DEFAULT_URL = "redis://localhost:6379/0"
 
 # Commands share a bounded pool that waits for a free connection instead of raising
@@ -54,14 +59,43 @@ SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 #: Every URL scheme `connect` understands.
 BROKER_SCHEMES = ("redis", "rediss", "unix", "memory", *CLUSTER_SCHEMES, *SENTINEL_SCHEMES)
 
+log = logging.getLogger("spark.broker")
+
 _memory_servers: dict[str, object] = {}
 
 
-def resolve_url(url: str | None = None, default: str = MEMORY_URL) -> str:
-    """The URL to use: the explicit one, else `$SPARK_REDIS_URL`, else `default`."""
+def resolve_url(url: str | None = None, default: str | None = None) -> str:
+    """The URL to use; one rule for the library and every CLI.
+
+    The explicit one, else `$SPARK_REDIS_URL`, else `default` when given, else a Redis on
+    localhost:6379 when one answers there, else the embedded broker (said once in the log:
+    only this process sees it, so a worker and a script started apart never meet on it).
+    """
     if url:
         return url
-    return os.environ.get(ENV_URL) or default
+    return os.environ.get(ENV_URL) or default or default_url()
+
+
+@functools.cache
+def default_url() -> str:
+    """`redis://localhost:6379/0` if a Redis listens there, else `memory://` (checked once)."""
+    if _local_redis_listens():
+        return CLI_DEFAULT_URL
+    log.warning(
+        "no broker URL given and $%s unset, and no Redis on localhost:6379: using the "
+        "embedded broker %s, which only this process can see",
+        ENV_URL,
+        MEMORY_URL,
+    )
+    return MEMORY_URL
+
+
+def _local_redis_listens() -> bool:
+    try:
+        with socket.create_connection(("localhost", 6379), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def is_broker_url(url: str) -> bool:

@@ -31,7 +31,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from spark.aio import cancel_and_wait
+from spark.aio import cancel_and_wait, reraise_cancellation
 from spark.broker import UNREACHABLE, connection
 from spark.broker.connection import connect, is_cluster_url
 from spark.broker.keys import ServiceKeys, client_channel
@@ -385,6 +385,7 @@ class _Session:
         try:
             while True:
                 msg = await pubsub.get_message(timeout=listener.poll_timeout)
+                reraise_cancellation()  # redis-py may have swallowed one
                 if msg is None:
                     continue
                 kind = msg["type"]

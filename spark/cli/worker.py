@@ -23,7 +23,13 @@ from pathlib import Path
 from spark.broker import connect, registry
 from spark.broker.connection import describe
 from spark.broker.keys import ServiceKeys
-from spark.cli.common import cli_redis_url, install_stop_signals, load_target, setup_logging
+from spark.cli.common import (
+    REDIS_HELP,
+    cli_redis_url,
+    install_stop_signals,
+    load_target,
+    setup_logging,
+)
 from spark.runtime.supervisor import Supervisor
 from spark.runtime.worker import WorkerConfig, run_worker, service_of
 
@@ -39,9 +45,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", nargs="?", help="module:Class or module:factory")
     p.add_argument("--service", help="service name (default: derived from the class name)")
-    p.add_argument(
-        "--redis", help="broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0)"
-    )
+    p.add_argument("--redis", help=REDIS_HELP)
     p.add_argument(
         "--concurrency",
         type=int,
@@ -88,6 +92,12 @@ def parser() -> argparse.ArgumentParser:
         "--health-dir",
         default=os.environ.get(HEALTH_DIR_ENV) or None,
         help=f"where each worker process records its worker id (default ${HEALTH_DIR_ENV})",
+    )
+    p.add_argument(
+        "--expose-errors",
+        action="store_true",
+        help="answer a handler's crash with its exception type and message in the error's "
+        "data (default: only 'Internal error'; the traceback is in the log either way)",
     )
     p.add_argument("--log-level", default=None)
     return p
@@ -190,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.target is None:
         parser().error("TARGET is required (except for --check with --service or --health-dir)")
     target = load_target(args.target)
+    if args.expose_errors:
+        target.expose_errors = True
     if args.check:
         return asyncio.run(_check(url, service_of(target, args.service), None))
     if args.processes > 1:
