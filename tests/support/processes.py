@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,7 +46,9 @@ class WorkerProcess:
         if service:
             cmd += ["--service", service]
         self.url = url
-        self.proc = subprocess.Popen(cmd, env=env(), cwd=cwd)
+        # Its own process group: stop() takes a supervisor's children with it (a SIGKILLed
+        # supervisor cannot forward anything, and its orphans would serve later tests).
+        self.proc = subprocess.Popen(cmd, env=env(), cwd=cwd, start_new_session=True)
 
     @property
     def pid(self) -> int:
@@ -74,6 +77,9 @@ class WorkerProcess:
         return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
+        """SIGKILL the process and everything it started."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(timeout=10)
+        self.proc.wait(timeout=10)
