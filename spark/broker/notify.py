@@ -332,6 +332,8 @@ class _Session:
             await asyncio.wait(
                 [asyncio.gather(*waits), self.failed], return_when=asyncio.FIRST_COMPLETED
             )
+            if self.failed.cancelled():
+                raise RuntimeError("listener session ended")
             if self.failed.done():
                 raise self.failed.exception() or RuntimeError("listener session ended")
 
@@ -410,17 +412,34 @@ class _Session:
             self.fail(exc)
 
     async def close(self) -> None:
-        await cancel_and_wait(*self.readers, *self.tasks)
+        """Close every connection, even when cancelled (again) meanwhile: the listener's
+        owner, or the loop shutting down, may cancel it while it cleans up, which must not
+        leave sockets open. A cancellation is re-raised once everything is closed."""
+        interrupted = False
+
+        async def step(make: Callable[[], Awaitable[Any]]) -> None:
+            nonlocal interrupted
+            for _attempt in range(3):
+                try:
+                    await make()
+                    return
+                except asyncio.CancelledError:
+                    interrupted = True
+                except Exception as exc:  # closing anyway
+                    log.debug("closing the listener: %r", exc)
+                    return
+
+        await step(lambda: cancel_and_wait(*self.readers, *self.tasks))
+        # `failed` is cancelled too when the task awaiting it was; exception() would raise.
         if not self.failed.done():
             self.failed.cancel()
-        else:
+        elif not self.failed.cancelled():
             self.failed.exception()  # retrieved: never "exception was never retrieved"
         for pubsub in self.pubsubs.values():
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+            await step(pubsub.aclose)
         for client in self.node_clients:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+            await step(client.aclose)
         if self.redis is not None:
-            with contextlib.suppress(Exception):
-                await self.redis.aclose()
+            await step(self.redis.aclose)
+        if interrupted:
+            raise asyncio.CancelledError
