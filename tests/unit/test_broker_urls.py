@@ -66,3 +66,19 @@ def test_passwords_are_hidden():
     assert describe("redis+cluster://u:secret@a:1,b:2") == "redis+cluster://u:***@a:1,b:2"
     shown = describe("redis+sentinel://a:1/m/0?sentinel_password=s3")
     assert "s3" not in shown and "sentinel_password=***" in shown
+
+
+async def test_tls_cluster_and_sentinel_urls_use_tls_connections():
+    from redis.asyncio.connection import SSLConnection
+    from redis.asyncio.sentinel import SentinelManagedSSLConnection
+
+    cluster = connect("rediss+cluster://:pw@127.0.0.1:7000?ssl_ca_certs=/etc/ca.pem")
+    kwargs = cluster.connection_kwargs
+    assert kwargs["connection_class"] is SSLConnection
+    assert kwargs["ssl_ca_certs"] == "/etc/ca.pem" and kwargs["password"] == "pw"
+    await cluster.aclose()
+    sentinel = connect("rediss+sentinel://127.0.0.1:26379/mymaster?ssl_cert_reqs=none")
+    pool = sentinel.connection_pool
+    assert issubclass(pool.connection_class, SentinelManagedSSLConnection)
+    assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
+    await sentinel.aclose()
