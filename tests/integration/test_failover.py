@@ -1,4 +1,4 @@
-"""Scale-out topologies under failure: a worker pool, an edge and a proxy on a Redis Cluster
+"""Scale-out topologies under failure: worker pools, a spark-edge and a proxy on a Redis Cluster
 (three services, one per shard) and on Sentinel keep serving when the primary that holds a
 service's keys is SIGKILLed with 200 calls in flight.
 
@@ -21,7 +21,7 @@ from spark.client.broker_client import BrokerClient
 from spark.errors import RpcError
 from spark.nodes.rpc_client import RemoteRpcProxyConfig, RemoteRpcProxyNode
 from spark.nodes.types import ExecutionContext, NodeMessage
-from spark.runtime.edge import EdgeConfig, EdgeServer
+from support.lab import EdgeProcess
 from support.polling import eventually
 from support.processes import WorkerProcess
 
@@ -54,13 +54,13 @@ def topology(request, redis_url):
     return group, ["alpha", "beta", "gamma"]
 
 
-async def answered_by_every_entry_point(services, client, edge, http, url) -> None:
+async def answered_by_every_entry_point(services, client, edge: str, http, url) -> None:
     for service in services:
         assert await client.call(service, "echo", {"via": "client"}, timeout=10) == {
             "via": "client"
         }
         body = orjson.dumps({"jsonrpc": "2.0", "method": "echo", "params": {"v": 1}, "id": 1})
-        async with http.post(f"{edge.url}/{service}", data=body) as resp:
+        async with http.post(f"{edge}/{service}", data=body) as resp:
             assert (await resp.json())["result"] == {"v": 1}
         config = RemoteRpcProxyConfig(endpoint=url, transport="redis", service=service)
         async with RemoteRpcProxyNode(config) as proxy:
@@ -93,9 +93,10 @@ async def test_primary_sigkill_with_200_calls_in_flight(request, redis_url, monk
             BrokerClient(redis_url) as client,
             aiohttp.ClientSession() as http,
         ):
-            edge = await EdgeServer(EdgeConfig(redis_url=redis_url, port=0)).start()
+            # A spark-edge process, started with the same URL.
+            edge = EdgeProcess(redis_url, service=services[0]).start()
             try:
-                await answered_by_every_entry_point(services, client, edge, http, redis_url)
+                await answered_by_every_entry_point(services, client, edge.http, http, redis_url)
 
                 started = time.monotonic()
                 calls = [
@@ -135,9 +136,10 @@ async def test_primary_sigkill_with_200_calls_in_flight(request, redis_url, monk
                 await eventually(
                     lambda: responsive(services, client), timeout=30, what="services answer"
                 )
-                await answered_by_every_entry_point(services, client, edge, http, redis_url)
+                await answered_by_every_entry_point(services, client, edge.http, http, redis_url)
+                assert edge.alive, "the edge died with the primary"
             finally:
-                await edge.stop()
+                edge.stop()
         for w in workers:
             assert w.proc.poll() is None, "a worker died with the primary"
     finally:
