@@ -36,6 +36,8 @@ from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 
+from spark.broker.packing import hiredis_packing
+
 ENV_URL = "SPARK_REDIS_URL"
 MEMORY_URL = "memory://"
 #: The default broker when a Redis answers on it (library and CLIs alike).
@@ -325,6 +327,7 @@ def connect(
         # One quick retry inside redis-py; the callers own the longer retry policies.
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
     )
+    pool.connection_class = hiredis_packing(pool.connection_class)
     client = aioredis.Redis(connection_pool=pool, single_connection_client=dedicated)
     # The pool is this client's alone: close its connections with it (as Redis.from_pool).
     client.auto_close_connection_pool = True

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from spark import aio
 from spark.aio import Batcher, cancel_and_wait, reraise_cancellation
 from spark.broker import (
     UNREACHABLE,
@@ -31,7 +32,6 @@ from spark.broker import (
 from spark.broker import cancel as cancelling
 from spark.broker.cancel import CancelItem
 from spark.broker.connection import is_memory
-from spark.broker.envelope import decode_reply
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.context import inherited_deadline
 from spark.errors import (
@@ -42,6 +42,7 @@ from spark.errors import (
     ServiceUnavailableError,
 )
 from spark.lifetime import close_with_loop
+from spark.protocol.wire import decode_reply
 
 log = logging.getLogger("spark.client")
 
@@ -223,7 +224,7 @@ class BrokerClient:
         self._ensure_reader()
         self._wanted.set()
         try:
-            async with asyncio.timeout_at(loop.time() + waiting):
+            with aio.timeout(waiting):
                 await self._enqueue(service, env.encode())
                 return await reply
         except TimeoutError:
@@ -301,12 +302,18 @@ class BrokerClient:
         for i, (service, _payload) in enumerate(batch):
             by_service[service].append(i)
         try:
-            answers = await asyncio.gather(
-                *(
-                    self.queue(s).enqueue([batch[i][1] for i in idx])
-                    for s, idx in by_service.items()
+            if len(by_service) == 1:
+                # The usual case, awaited here: gather would add a task and a loop turn
+                # to the latency of every call.
+                ((service, idx),) = by_service.items()
+                answers = [await self.queue(service).enqueue([batch[i][1] for i in idx])]
+            else:
+                answers = await asyncio.gather(
+                    *(
+                        self.queue(s).enqueue([batch[i][1] for i in idx])
+                        for s, idx in by_service.items()
+                    )
                 )
-            )
         except UNREACHABLE as exc:
             raise RpcConnectionError(f"cannot reach the broker at {self.url}: {exc}") from exc
         results: list[bytes | BaseException] = [b""] * len(batch)
