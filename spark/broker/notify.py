@@ -345,7 +345,12 @@ class _Session:
             pubsub, new = self._pubsub(name)
             chs = groups.get(name, [])
             for ch in chs + (patterns if name == "" else []):
-                waits.append(self.confirms.setdefault(ch, loop.create_future()))
+                # The server confirms a repeated subscribe too: a confirmed (done) future
+                # is replaced, a pending one shared with the subscribe already under way.
+                fut = self.confirms.get(ch)
+                if fut is None or fut.done():
+                    fut = self.confirms[ch] = loop.create_future()
+                waits.append(fut)
             if chs:
                 if self.listener.sharded:
                     for same_slot in _by_slot(chs):
@@ -363,24 +368,28 @@ class _Session:
         task.add_done_callback(self.tasks.discard)
 
     async def _unsubscribe(self, channels: list[str]) -> None:
-        groups: dict[str, list[str]] = defaultdict(list)
-        for ch in channels:
-            self.confirms.pop(ch, None)
-            groups[self._route(ch)].append(ch)
-        for name, chs in groups.items():
-            pubsub = self.pubsubs.get(name)
-            if pubsub is None:
-                continue
-            self.leaving.update(chs)
-            try:
-                async with self.commands:
+        try:
+            async with self.commands:
+                # Under the lock, after any subscribe sent meanwhile: a channel added again
+                # since it was discarded (a service's last client left, a new one came)
+                # stays subscribed.
+                groups: dict[str, list[str]] = defaultdict(list)
+                for ch in channels:
+                    if ch not in self.listener.channels:
+                        self.confirms.pop(ch, None)
+                        groups[self._route(ch)].append(ch)
+                for name, chs in groups.items():
+                    pubsub = self.pubsubs.get(name)
+                    if pubsub is None:
+                        continue
+                    self.leaving.update(chs)
                     if self.listener.sharded:
                         for same_slot in _by_slot(chs):
                             await pubsub.sunsubscribe(*same_slot)
                     else:
                         await pubsub.unsubscribe(*chs)
-            except Exception as exc:  # the connection's reader notices and reconnects
-                log.debug("unsubscribing failed: %s", exc)
+        except Exception as exc:  # the connection's reader notices and reconnects
+            log.debug("unsubscribing failed: %s", exc)
 
     async def _read(self, pubsub: PubSub) -> None:
         listener = self.listener
