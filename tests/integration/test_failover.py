@@ -55,6 +55,10 @@ def topology(request, redis_url):
 
 
 async def answered_by_every_entry_point(services, client, edge: str, http, url) -> None:
+    async with http.get(f"{edge}/health") as resp:
+        health = await resp.json()
+        assert resp.status == 200, health
+    assert all(health["services"].get(s, 0) >= 1 for s in services), health
     for service in services:
         assert await client.call(service, "echo", {"via": "client"}, timeout=10) == {
             "via": "client"
