@@ -220,7 +220,7 @@ class NotificationListener:
                 await session.failed
             except asyncio.CancelledError:
                 raise
-            except (*UNREACHABLE, RedisError, RuntimeError, TimeoutError) as exc:
+            except Exception as exc:  # Redis errors above all; the listener must live on
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
                     log.warning("notification listener lost Redis (%r); reconnecting", exc)
