@@ -51,6 +51,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from spark.broker import resolve_url
+from spark.broker.connection import is_broker_url
 from spark.context import inherited_deadline
 from spark.errors import RpcError, RpcTimeoutError, TransportError
 from spark.lifetime import close_with_loop
@@ -61,8 +62,6 @@ from spark.nodes.types import ExecutionContext
 
 if TYPE_CHECKING:
     from spark.client.transport import CallOutcome, Transport
-
-_BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "memory://", "memory:")
 
 
 TransportName = Literal["http", "websocket", "redis"]
@@ -131,7 +130,7 @@ class RemoteRpcProxyConfig:
         if self.transport == "redis":
             if not self.service:
                 raise ValueError('transport="redis" needs service="name"')
-            if self.endpoint and not self.endpoint.startswith(_BROKER_SCHEMES):
+            if self.endpoint and not is_broker_url(self.endpoint):
                 raise ValueError(
                     f'transport="redis" talks to the broker, not to {self.endpoint!r}: give a '
                     "broker URL (redis://...) as endpoint, or none ($SPARK_REDIS_URL), or use "
