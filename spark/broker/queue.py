@@ -7,16 +7,20 @@ past `max_backlog` (OverloadedError) instead of trimming, which would drop accep
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from spark.broker.envelope import FIELD
 from spark.broker.keys import GROUP, SERVICES, ServiceKeys
 from spark.broker.scripts import script
+from spark.errors import OverloadedError
+
+log = logging.getLogger("spark.broker")
 
 DEFAULT_MAX_BACKLOG = 100_000
 #: Dead-letter stream cap: it is for inspection and replay, not an archive.
@@ -29,6 +33,12 @@ class Entry:
     raw: bytes | None
     #: Times this entry has been delivered to a consumer, this delivery included.
     deliveries: int = 1
+
+
+def group_lost(exc: ResponseError) -> bool:
+    """Whether Redis says our consumer group (or the stream under it) is gone."""
+    text = str(exc)
+    return text.startswith(("NOGROUP", "UNBLOCKED")) or "NOGROUP" in text
 
 
 def _entries(messages) -> list[Entry]:
@@ -58,8 +68,19 @@ class ServiceQueue:
         await self.redis.sadd(SERVICES, self.service)
 
     async def enqueue(self, envelopes: list[bytes]) -> list[bytes | None]:
-        """Append envelopes in one round trip; None where the backlog was full."""
-        ids = await self._enqueue(keys=[self.keys.requests], args=[self.max_backlog, *envelopes])
+        """Append envelopes in one round trip; None where the backlog was full.
+
+        A Redis out of memory (maxmemory, noeviction) is an overload: OverloadedError,
+        which callers may retry, rather than a raw Redis error.
+        """
+        try:
+            ids = await self._enqueue(
+                keys=[self.keys.requests], args=[self.max_backlog, *envelopes]
+            )
+        except OutOfMemoryError as exc:
+            raise OverloadedError(
+                "the broker is out of memory", data={"service": self.service, "redis": str(exc)}
+            ) from exc
         return [i if i else None for i in ids]
 
     async def read(
@@ -71,9 +92,14 @@ class ServiceQueue:
                 GROUP, consumer, {self.keys.requests: ">"}, count=count, block=block_ms
             )
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not group_lost(exc):
                 raise
-            # The stream was deleted under us (FLUSHALL, a Redis without persistence restarted).
+            # The stream (and its group) was deleted under us: DEL, FLUSHALL, a Redis without
+            # persistence restarted, a failover to a replica without it (NOGROUP), or while
+            # we were blocked on it (UNBLOCKED). Start over with a new group.
+            log.warning(
+                "request stream of %r was reset (%s); recreating its group", self.service, exc
+            )
             await self.ensure_group()
             return []
         if not reply:
@@ -92,7 +118,7 @@ class ServiceQueue:
                 count=count,
             )
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not group_lost(exc):
                 raise
             await self.ensure_group()
             return []

@@ -28,6 +28,12 @@ async def beat(
     await pipe.execute()
 
 
+async def server_time(redis: aioredis.Redis) -> float:
+    """Redis's clock (TIME), seconds since the epoch: the clock stream entry ids are on."""
+    seconds, micros = await redis.time()
+    return seconds + micros / 1_000_000
+
+
 async def leave(redis: aioredis.Redis, keys: ServiceKeys, consumer: str) -> None:
     pipe = redis.pipeline(transaction=False)
     pipe.zrem(keys.workers, consumer)

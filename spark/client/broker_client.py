@@ -208,6 +208,8 @@ class BrokerClient:
             state=state,
             enqueued_at=time.time(),
             client=client_id,
+            # Relative: the worker counts it on Redis's clock, whatever ours says.
+            timeout=remaining,
         )
         waiting = remaining if wait is None else max(0.0, min(wait, remaining))
         loop = asyncio.get_running_loop()
@@ -218,6 +220,8 @@ class BrokerClient:
             async with asyncio.timeout_at(loop.time() + waiting):
                 await self._enqueue(service, env.encode())
                 return await reply
+        except RpcTimeoutError:
+            raise  # the worker's own answer (-32001): passed on as it is, never reworded
         except TimeoutError:
             if cancel_on_abort and waiting >= remaining:
                 self.cancel(service, rid, idempotency_key)
@@ -273,14 +277,17 @@ class BrokerClient:
     ) -> None:
         """Enqueue a notification: it runs, nobody is answered. Returns once Redis has it."""
         check_params(params)
+        deadline = self.deadline_for(timeout, deadline)
+        now = time.time()
         env = Envelope(
             id=self.next_id(),
             method=method,
             params=params,
-            deadline=self.deadline_for(timeout, deadline),
+            deadline=deadline,
             idempotency_key=idempotency_key,
             state=state,
-            enqueued_at=time.time(),
+            enqueued_at=now,
+            timeout=max(0.0, deadline - now),
         )
         await self._enqueue(service, env.encode())
 

@@ -33,7 +33,6 @@ import redis.asyncio as aioredis
 
 from spark.aio import Batcher, cancel_and_wait
 from spark.broker import (
-    UNREACHABLE,
     Entry,
     Envelope,
     ServiceQueue,
@@ -44,10 +43,16 @@ from spark.broker import (
     resolve_url,
 )
 from spark.broker import cancel as cancelling
-from spark.broker.envelope import encode_error, encode_result, reply_address, retag_reply
+from spark.broker.envelope import (
+    MAX_TIMEOUT,
+    encode_error,
+    encode_result,
+    reply_address,
+    retag_reply,
+)
 from spark.broker.keys import default_service_name
 from spark.broker.notify import Notification, NotificationListener
-from spark.broker.retrying import until_reachable, while_unreachable
+from spark.broker.retrying import REDIS_ERRORS, Backoff, Stopped
 from spark.context import CallInfo, current_call
 from spark.errors import (
     CancelledError,
@@ -104,6 +109,8 @@ class _Done:
     keep: bool = True
     #: Until when a failed reply write is retried (the caller stops waiting then).
     deadline: float = 0.0
+    #: What to store under `store_key` (the reply bound to its request's fingerprint).
+    stored: bytes | None = None
 
 
 class Worker:
@@ -127,9 +134,22 @@ class Worker:
         self._cancels: NotificationListener | None = None
         #: Requests cancelled by their callers (counted in heartbeats as failures too).
         self.cancelled = 0
+        #: Idempotency markers held by running requests: entry id -> (key, marker).
+        self._markers: dict[bytes, tuple[str, bytes]] = {}
+        #: Redis's clock minus ours (seconds), measured with every heartbeat: request
+        #: budgets count from the stream entry's id, which Redis stamps (see _deadline_of).
+        self.clock_offset = 0.0
         self._slot_free = asyncio.Event()
         self._writes: Batcher[_Done, bool] = Batcher(self._write)
         self._stopping = asyncio.Event()
+        # One retry policy per loop, each with its own steady-rate log line.
+        self._retry_start = Backoff("worker start", logger=log, stopping=self._stopping)
+        self._retry_read = Backoff("reading requests", logger=log, stopping=self._stopping)
+        self._retry_reply = Backoff("writing replies", logger=log)
+        self._retry_beat = Backoff("heartbeat", logger=log)
+        self._retry_lease = Backoff("lease renewal", logger=log)
+        self._retry_reclaim = Backoff("reclaiming", logger=log)
+        self._retry_dead = Backoff("dead-lettering", logger=log, stopping=self._stopping)
         self.ready = asyncio.Event()
         #: Running a reclaimed entry alone (see _reclaim_loop): read nothing new meanwhile.
         self._isolating = False
@@ -171,14 +191,19 @@ class Worker:
         # connection spares the pool's bookkeeping on the path every request takes.
         self._writer = connect(self.url, max_connections=1, dedicated=True)
         self._writer_queue = ServiceQueue(self._writer, cfg.service)
-        async for attempt in while_unreachable():
-            with attempt:
-                await self.queue.ensure_group()
-                await self._beat()
         self._cancels = NotificationListener(
             self.url, self._on_cancel, channels=[self.queue.keys.cancel]
         )
-        await self._cancels.start(timeout=5.0)
+        try:
+            # Redis may be down (or refusing writes) at start: wait for it, but stop
+            # promptly when asked to (SIGTERM, Ctrl-C) instead of only once it answers.
+            await self._retry_start.call(self._start_up)
+            await self._cancels.start(timeout=None)
+            await self._wait_stopping_or(self._cancels.subscribed.wait(), timeout=5.0)
+        except Stopped:
+            await self._close_clients()
+            log.info("worker %s stopped before it started serving", self.consumer)
+            return
         log.info(
             "worker %s serving %r (concurrency %d)", self.consumer, cfg.service, cfg.concurrency
         )
@@ -192,17 +217,26 @@ class Worker:
             await self._read_loop()
         finally:
             self.state = "draining"
-            with contextlib.suppress(*UNREACHABLE):
+            # Best effort: a Redis refusing writes must not mask why we are stopping.
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._beat()
             await self._drain()
             self._stopping.set()
             await cancel_and_wait(*side)
-            await self._cancels.aclose()
-            with contextlib.suppress(*UNREACHABLE):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await registry.leave(self.redis, self.queue.keys, self.consumer)
-            for client in (self._reader, self._writer, self.redis):
-                await client.aclose()
+            await self._close_clients()
             log.info("worker %s stopped after %d requests", self.consumer, self.processed)
+
+    async def _start_up(self) -> None:
+        await self.queue.ensure_group()
+        await self._beat()
+
+    async def _close_clients(self) -> None:
+        if self._cancels is not None:
+            await self._cancels.aclose()
+        for client in (self._reader, self._writer, self.redis):
+            await client.aclose()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -234,10 +268,12 @@ class Worker:
                         return
                 try:
                     entries = read.result()
-                except UNREACHABLE as exc:
-                    log.warning("read failed (%s); retrying", exc)
-                    await self._wait_stopping_or(asyncio.sleep(0.5))
+                except REDIS_ERRORS as exc:
+                    # Down, refusing writes (READONLY after a failover, OOM), the stream
+                    # gone: keep trying, with backoff, until Redis serves us again.
+                    await self._retry_read.pause(exc)
                     continue
+                self._retry_read.succeeded()
                 for entry in entries:
                     self._start(entry)
         finally:
@@ -247,17 +283,17 @@ class Worker:
         """Run what an abandoned read may have delivered to us without our seeing it."""
         try:
             entries = await self.queue.own_pending(self.consumer)
-        except UNREACHABLE as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not check own pending entries (%s); they will be reclaimed", exc)
             return
         for entry in entries:
             if entry.entry_id not in self._inflight:
                 self._start(entry)
 
-    async def _wait_stopping_or(self, aw: Awaitable) -> None:
+    async def _wait_stopping_or(self, aw: Awaitable, timeout: float | None = None) -> None:
         waiter = asyncio.ensure_future(aw)
         stopper = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for t in (waiter, stopper):
             t.cancel()
 
@@ -287,20 +323,23 @@ class Worker:
         pending, to be reclaimed and answered (or dead-lettered) like any entry of a
         worker that failed.
         """
-        delay = 0.05
-        while not await self._writes.submit(done):
+        while True:
+            try:
+                if await self._writes.submit(done):
+                    self._retry_reply.succeeded()
+                    return
+                failure: BaseException = RuntimeError("Redis refused the reply")
+            except REDIS_ERRORS as exc:
+                failure = exc
             if time.time() >= done.deadline:
                 log.error(
-                    "giving up writing the reply for %r of %r",
+                    "giving up writing the reply for %r of %r: %s",
                     done.entry.entry_id,
                     self.config.service,
+                    failure,
                 )
                 return
-            log.warning(
-                "reply for %r of %r not written; retrying", done.entry.entry_id, self.config.service
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await self._retry_reply.pause(failure)
 
     async def _answer(self, entry: Entry) -> _Done | None:
         cfg = self.config
@@ -323,7 +362,7 @@ class Worker:
             )
             await self._dead_letter(entry, err)
             return _Done(entry, env.reply_to, encode_error(env.id, err))
-        deadline = env.deadline if env.deadline is not None else time.time() + cfg.default_timeout
+        deadline = self._deadline_of(entry, env)
         if time.time() >= deadline:
             err = RpcTimeoutError(
                 "deadline passed before the request was run",
@@ -348,15 +387,36 @@ class Worker:
         finally:
             self._untrack(entry, env)
 
+    def _deadline_of(self, entry: Entry, env: Envelope) -> float:
+        """The request's deadline on this worker's clock.
+
+        A relative budget counts from the entry's id (the time Redis appended it, on Redis's
+        clock, translated to ours): skew between the caller's clock and ours does not
+        matter. An envelope with only an absolute deadline (an older producer) is taken at
+        its word. Either way no budget exceeds MAX_TIMEOUT.
+        """
+        now = time.time()
+        if env.timeout is not None:
+            try:
+                appended = int(entry.entry_id.split(b"-", 1)[0]) / 1000 - self.clock_offset
+            except ValueError:
+                appended = now
+            return appended + min(env.timeout, MAX_TIMEOUT)
+        if env.deadline is not None:
+            return min(env.deadline, now + MAX_TIMEOUT)
+        return now + min(self.config.default_timeout, MAX_TIMEOUT)
+
     async def _answer_valid(self, entry: Entry, env: Envelope, deadline: float) -> _Done:
         store_key = None
+        digest = b""
         if env.idempotency_key is not None:
             key = self.queue.keys.result(env.idempotency_key)
-            stored = await self._claim_key(key, entry, deadline)
+            digest = replies.fingerprint(env.method, env.params)
+            stored = await self._claim_key(key, digest, entry, deadline)
             if isinstance(stored, bytes):
                 return _Done(entry, env.reply_to, retag_reply(stored, env.id), deadline=deadline)
             if isinstance(stored, RpcError):
-                return _Done(entry, env.reply_to, encode_error(env.id, stored))
+                return _Done(entry, env.reply_to, encode_error(env.id, stored), deadline=deadline)
             store_key = key
             # Ours now: a cancel from here on releases it (see _cancelled_done).
             self._claimed[entry.entry_id] = key
@@ -371,7 +431,13 @@ class Worker:
             state_namespace=env.state,
             delivery=entry.deliveries,
         )
-        payload, keep = await self._invoke(env, call, deadline)
+        try:
+            payload, keep = await self._invoke(env, call, deadline)
+        finally:
+            self._markers.pop(entry.entry_id, None)
+        if store_key is not None and keep:
+            payload_stored = replies.stored_value(digest, payload)
+            return _Done(entry, env.reply_to, payload, store_key, keep, deadline, payload_stored)
         return _Done(entry, env.reply_to, payload, store_key, keep, deadline)
 
     # -- cancellation --------------------------------------------------------------------
@@ -468,28 +534,46 @@ class Worker:
         finally:
             current_call.reset(token)
 
-    async def _claim_key(self, key: str, entry: Entry, deadline: float) -> bytes | RpcError | None:
-        """None: run the handler. bytes: the stored reply. RpcError: gave up waiting."""
-        owner = entry.entry_id
+    async def _claim_key(
+        self, key: str, digest: bytes, entry: Entry, deadline: float
+    ) -> bytes | RpcError | None:
+        """None: run the handler. bytes: the stored reply. RpcError: refused or gave up.
+
+        The key is bound to the request (method and params): a different request reusing
+        it is refused, as payment APIs do, rather than answered with someone else's reply.
+        While the first request runs its marker's lease is renewed with its entry's (see
+        _lease_loop), so a repeat waits for that run's reply however long it takes.
+        """
+        marker = replies.running_marker(digest, entry.entry_id)
         lease = self.config.reclaim_after * 2
+        wait = 0.02
         while True:
-            stored = await replies.claim_idempotency(self.redis, key, owner, lease)
-            if stored is None or stored == replies.RUNNING + owner:
+            stored = await replies.claim_idempotency(self.redis, key, marker, lease)
+            if stored is None or stored == marker:
+                self._markers[entry.entry_id] = (key, marker)
                 return None
-            if not stored.startswith(replies.RUNNING):
-                return stored
-            # The same key is running elsewhere: wait for its reply instead of running twice.
+            running, bound_to, rest = replies.read_claim(stored)
+            if bound_to is not None and bound_to != digest:
+                return InvalidRequestError(
+                    "idempotency key already used for a different request",
+                    data={"idempotency_key": key.rpartition(":result:")[2]},
+                )
+            if not running:
+                return rest
+            # The same request is running elsewhere: wait for its reply, not run it twice.
             if time.time() >= deadline:
                 return RpcTimeoutError(
                     "an earlier request with this idempotency key is still running"
                 )
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 0.25)
 
     async def _dead_letter(self, entry: Entry, err: RpcError) -> None:
         log.error("dead-lettering %r of %r: %s", entry.entry_id, self.config.service, err)
-        async for attempt in while_unreachable():
-            with attempt:
-                await self.queue.dead_letter(entry, err.to_dict(), self.consumer)
+        try:
+            await self._retry_dead.call(self.queue.dead_letter, entry, err.to_dict(), self.consumer)
+        except Stopped:
+            log.warning("stopping before %r could be dead-lettered", entry.entry_id)
 
     # -- replies and acks ----------------------------------------------------------------
 
@@ -498,12 +582,13 @@ class Worker:
         cfg = self.config
         with_reply = [d for d in batch if d.reply_to is not None and d.payload is not None]
         stored = [
-            (d.store_key, d.payload if d.keep else None, cfg.idempotency_ttl)
+            (d.store_key, d.stored if d.keep else None, cfg.idempotency_ttl)
             for d in batch
             if d.store_key
         ]
-        ok = await until_reachable(
-            replies.push,
+        # One attempt each: _reply retries (with backoff, until the caller's deadline)
+        # what is not written; a reply written twice is dropped by its client.
+        ok = await replies.push(
             self._writer,
             [(d.reply_to, d.payload) for d in with_reply],
             stored,
@@ -511,9 +596,8 @@ class Worker:
         )
         written = {id(d) for d, good in zip(with_reply, ok, strict=True) if good}
         finished = [d.reply_to is None or id(d) in written for d in batch]
-        await until_reachable(
-            self._writer_queue.finish,
-            [d.entry.entry_id for d, fin in zip(batch, finished, strict=True) if fin],
+        await self._writer_queue.finish(
+            [d.entry.entry_id for d, fin in zip(batch, finished, strict=True) if fin]
         )
         self.processed += sum(finished)
         return finished
@@ -526,9 +610,18 @@ class Worker:
             await asyncio.sleep(interval)
             if self._inflight:
                 try:
-                    await self.queue.renew(self.consumer, list(self._inflight))
-                except UNREACHABLE as exc:
-                    log.warning("lease renewal failed: %s", exc)
+                    await self._renew()
+                except REDIS_ERRORS as exc:
+                    await self._retry_lease.pause(exc)
+                else:
+                    self._retry_lease.succeeded()
+
+    async def _renew(self) -> None:
+        """Renew the leases of entries in flight, and of the idempotency keys they hold."""
+        await self.queue.renew(self.consumer, list(self._inflight))
+        markers = list(self._markers.values())
+        if markers:
+            await replies.renew_claims(self.redis, markers, self.config.reclaim_after * 2)
 
     async def _reclaim_loop(self) -> None:
         interval = max(self.config.reclaim_after / 2, 0.05)
@@ -540,8 +633,10 @@ class Worker:
             try:
                 if await self.queue.reclaimable(min_idle_ms):
                     await self._run_reclaimed_alone(min_idle_ms)
-            except UNREACHABLE as exc:
-                log.warning("reclaim failed: %s", exc)
+            except REDIS_ERRORS as exc:
+                await self._retry_reclaim.pause(exc)
+            else:
+                self._retry_reclaim.succeeded()
             finally:
                 self._isolating = False
                 self._slot_free.set()
@@ -574,6 +669,9 @@ class Worker:
 
     async def _beat(self) -> None:
         cfg = self.config
+        before = time.time()
+        redis_now = await registry.server_time(self.redis)
+        self.clock_offset = redis_now - (before + time.time()) / 2
         await registry.beat(
             self.redis,
             self.queue.keys,
@@ -603,8 +701,11 @@ class Worker:
                     await registry.prune(
                         self.redis, self.queue.keys, grace=self.config.reclaim_after * 4
                     )
-            except UNREACHABLE as exc:
-                log.warning("heartbeat failed: %s", exc)
+            except REDIS_ERRORS as exc:
+                # The next beat comes after the backoff or the interval, whichever is longer.
+                await self._retry_beat.pause(exc)
+            else:
+                self._retry_beat.succeeded()
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -652,20 +753,24 @@ async def run_worker(
     await _hook(target, "on_start")
     worker = Worker(target.handle_rpc, WorkerConfig(service=name, **options), url)
     serving = asyncio.create_task(worker.serve())
+    # `stop` counts from the start: a worker still waiting for Redis stops when asked.
+    stopper = asyncio.create_task(stop.wait()) if stop is not None else None
     try:
         started = asyncio.create_task(worker.ready.wait())
-        await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {t for t in (serving, started, stopper) if t is not None},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         started.cancel()
         if ready is not None and worker.ready.is_set():
             ready.set()
         # asyncio.wait, not `await serving`: cancelling us must drain the worker, not cancel it.
-        waiters = {serving}
-        if stop is not None:
-            waiters.add(asyncio.create_task(stop.wait()))
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for t in waiters - {serving}:
-            t.cancel()
+        if stopper is None or not stopper.done():
+            waiters = {t for t in (serving, stopper) if t is not None}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        if stopper is not None:
+            stopper.cancel()
         worker.stop()
         await serving
         try:
