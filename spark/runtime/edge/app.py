@@ -105,6 +105,7 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
         ),
         idempotency_key=request.headers.get("Idempotency-Key") or None,
         options=request_options(data, parsed),
+        principal=edge.tokens.principal(request),
     )
     if body is None:
         return web.Response(status=204)

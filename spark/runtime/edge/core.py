@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 
 from spark.broker import UNREACHABLE, connect, registry, resolve_url
 from spark.broker.keys import NOTIFY_PATTERN, ServiceKeys, check_name
+from spark.broker.memory import memory_status
 from spark.broker.notify import Notification, NotificationListener
 from spark.client.broker_client import BrokerClient
 from spark.errors import (
@@ -206,10 +207,12 @@ class Edge:
         idempotency_key: str | None = None,
         client_id: str | None = None,
         options: list[RequestOptions] | None = None,
+        principal: str | None = None,
     ) -> bytes | None:
         """The reply body for `parsed` (None when nothing is to be sent back).
 
         `options` (from `request_options`) gives requests their own budget and key.
+        Idempotency keys are scoped to `principal` (see `TokenCheck.principal`).
         """
         for item in parsed.items:
             if isinstance(item, Response):
@@ -224,18 +227,21 @@ class Edge:
         if options is not None and len(options) != len(requests):
             options = None
 
+        def scoped(key: str | None) -> str | None:
+            return f"{principal}/{key}" if key is not None and principal else key
+
         def plan(i: int) -> tuple[float, str | None]:
             key = idempotency_key
             if key is not None and len(requests) > 1:
                 key = f"{key}:{i}"
             if options is None:
-                return deadline, key
+                return deadline, scoped(key)
             own_timeout, own_key = options[i]
             if own_timeout is not None:
                 own_deadline = now + min(own_timeout, timeout)
             else:
                 own_deadline = deadline
-            return own_deadline, own_key or key
+            return own_deadline, scoped(own_key or key)
 
         if len(requests) == 1:
             outcomes = [await self.one(service, requests[0], transport, *plan(0), client_id)]
@@ -326,10 +332,16 @@ class Edge:
                 counts = [
                     await registry.live_count(self.redis, ServiceKeys.for_service(n)) for n in names
                 ]
+            memory = await memory_status(self.redis)
         except (TimeoutError, *UNREACHABLE) as exc:
             doc.update(status="unavailable", redis="unreachable", error=str(exc) or "timeout")
             return False, doc
-        doc.update(status="ok", redis="ok", services=dict(zip(names, counts, strict=True)))
+        doc.update(services=dict(zip(names, counts, strict=True)))
+        if memory is not None and memory.full:
+            # Redis refuses writes: every request would be refused as overloaded.
+            doc.update(status="unavailable", redis="out of memory")
+            return False, doc
+        doc.update(status="ok", redis="ok")
         return True, doc
 
 

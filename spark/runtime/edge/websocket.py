@@ -55,6 +55,8 @@ class WsConnection:
         #: not take its close frame.
         self.transport = transport
         self.client_id = uuid.uuid4().hex
+        #: Who authenticated this connection (scopes its idempotency keys); None: anyone.
+        self.principal: str | None = None
         self.tasks: set[asyncio.Task] = set()
         # Bounded by hand (ws_max_queued, ws_max_outbox) so finish() can always add None.
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
@@ -114,6 +116,7 @@ class WsConnection:
             timeout=self.timeout,
             client_id=self.client_id,
             options=options,
+            principal=self.principal,
         )
         if body is not None and not self.ws.closed:
             self._reply(body.decode())
@@ -203,6 +206,7 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
         request.headers.get("X-Spark-Timeout") or request.query.get("timeout")
     )
     conn = WsConnection(edge, ws, service, timeout, transport=request.transport)
+    conn.principal = edge.tokens.principal(request, query=True)
     ws.headers[CLIENT_ID_HEADER] = conn.client_id
     await ws.prepare(request)
     edge.register(conn)
