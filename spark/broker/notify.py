@@ -20,9 +20,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from spark.aio import cancel_and_wait
-from spark.broker import UNREACHABLE
 from spark.broker.connection import connect
 from spark.broker.keys import ServiceKeys, client_channel
+from spark.broker.retrying import REDIS_ERRORS, Backoff
 
 log = logging.getLogger("spark.notify")
 
@@ -160,29 +160,27 @@ class NotificationListener:
         await self.aclose()
 
     async def _run(self) -> None:
-        failures = 0
+        retry = Backoff("notification listener", logger=log)
         while not self._closed:
             redis = connect(self.url, max_connections=1, socket_timeout=self.poll_timeout + 10)
             pubsub = redis.pubsub()
+            failure: BaseException | None = None
             try:
                 await self._subscribe(pubsub)
                 self.connections += 1
-                failures = 0
+                retry.succeeded()
                 await self._listen(pubsub)
-            except asyncio.CancelledError:
-                raise
-            except (*UNREACHABLE, RuntimeError) as exc:
-                failures += 1
-                if failures in (1, 10) or failures % 100 == 0:
-                    log.warning("notification listener lost Redis (%s); reconnecting", exc)
+            except (*REDIS_ERRORS, RuntimeError) as exc:
+                # RuntimeError: redis-py's pub/sub on a connection it already dropped.
+                failure = exc
             finally:
                 self.subscribed.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
                 with contextlib.suppress(Exception):
                     await redis.aclose()
-            if not self._closed:
-                await asyncio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
+            if failure is not None and not self._closed:
+                await retry.pause(failure)
 
     async def _subscribe(self, pubsub: Any) -> None:
         if self.channels:

@@ -32,6 +32,7 @@ from spark.broker import cancel as cancelling
 from spark.broker.cancel import CancelItem
 from spark.broker.envelope import decode_reply
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
+from spark.broker.retrying import REDIS_ERRORS, Backoff
 from spark.context import inherited_deadline
 from spark.errors import (
     InvalidParamsError,
@@ -340,31 +341,25 @@ class BrokerClient:
     # -- replies -----------------------------------------------------------------------
 
     async def _read_replies(self) -> None:
-        failures = 0
         last = replies.START
         untrimmed = 0
+        # Callers are bounded by their deadlines meanwhile; keep trying to read.
+        retry = Backoff("reading replies", logger=log)
         while not self._closed:
             try:
                 if untrimmed >= replies.TRIM_EVERY or (untrimmed and not self._pending):
                     await replies.trim(self._blocking, self.client_id, last)
                     untrimmed = 0
                 batch = await replies.read(self._blocking, self.client_id, last, READ_BLOCK_SECONDS)
-                for _entry_id, item in batch:
-                    self._resolve(item)
-                if batch:
-                    last = batch[-1][0]
-                    untrimmed += len(batch)
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Callers are bounded by their deadlines meanwhile; keep trying to read.
-                failures += 1
-                if failures in (1, 10) or failures % 100 == 0:
-                    log.warning(
-                        "reading replies failed (%s: %s); retrying", type(exc).__name__, exc
-                    )
-                await asyncio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
+            except REDIS_ERRORS as exc:
+                await retry.pause(exc)
+                continue
+            retry.succeeded()
+            for _entry_id, item in batch:
+                self._resolve(item)
+            if batch:
+                last = batch[-1][0]
+                untrimmed += len(batch)
 
     def _resolve(self, item: bytes) -> None:
         rid, result, error = decode_reply(item)
