@@ -12,6 +12,7 @@ Redis's clock, so clocks that differ between hosts do not shorten or stretch it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,20 +101,40 @@ class Envelope:
         )
 
 
+#: Our envelopes start with the id and name reply_to right after the params (see `encode`).
+_LEADING_ID = re.compile(rb'^\{"id":"((?:[^"\\]|\\.)*)"')
+_REPLY_TO = re.compile(rb',"reply_to":"((?:[^"\\]|\\.)*)"')
+
+
 def reply_address(raw: bytes) -> tuple[str, str] | None:
     """(request id, reply_to) of an envelope too malformed to decode, when they can be read.
 
     Lets a worker tell the caller its request was invalid instead of leaving it to time out.
+    JSON nested deeper than the decoder allows is read as our encoder lays it out: the id
+    first, and the last `reply_to` (the top-level one follows the params).
     """
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return None
+        return _address_by_layout(raw)
     if isinstance(doc, dict):
         rid, reply_to = doc.get("id"), doc.get("reply_to")
         if isinstance(rid, str) and isinstance(reply_to, str):
             return rid, reply_to
     return None
+
+
+def _address_by_layout(raw: bytes) -> tuple[str, str] | None:
+    first = _LEADING_ID.match(raw)
+    last = None
+    for last in _REPLY_TO.finditer(raw):  # noqa: B007 - the last match is the one wanted
+        pass
+    if first is None or last is None:
+        return None
+    try:
+        return orjson.loads(b'"' + first.group(1) + b'"'), orjson.loads(b'"' + last.group(1) + b'"')
+    except orjson.JSONDecodeError:
+        return None
 
 
 def encode_result(request_id: str, result: Any) -> bytes:

@@ -30,6 +30,7 @@ from spark.broker import (
 )
 from spark.broker import cancel as cancelling
 from spark.broker.cancel import CancelItem
+from spark.broker.connection import describe
 from spark.broker.envelope import decode_reply
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.broker.retrying import REDIS_ERRORS, Backoff
@@ -308,7 +309,7 @@ class BrokerClient:
                 )
             )
         except UNREACHABLE as exc:
-            raise RpcConnectionError(f"cannot reach the broker at {self.url}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         results: list[bytes | BaseException] = [b""] * len(batch)
         for (service, idx), ids in zip(by_service.items(), answers, strict=True):
             for i, entry_id in zip(idx, ids, strict=True):
@@ -321,6 +322,10 @@ class BrokerClient:
                 )
         return results
 
+    def _unreachable(self, exc: BaseException) -> RpcConnectionError:
+        # describe(): the URL without its password (it ends up in logs and error bodies).
+        return RpcConnectionError(f"cannot reach the broker at {describe(self.url)}: {exc}")
+
     async def _require_workers(self, service: str) -> None:
         now = time.monotonic()
         cached = self._liveness.get(service)
@@ -328,7 +333,7 @@ class BrokerClient:
             try:
                 count = await registry.live_count(self.redis, self.queue(service).keys)
             except UNREACHABLE as exc:
-                raise RpcConnectionError(f"cannot reach the broker at {self.url}: {exc}") from exc
+                raise self._unreachable(exc) from exc
             cached = self._liveness[service] = (now, count)
         if cached[1] == 0:
             raise ServiceUnavailableError(

@@ -51,6 +51,7 @@ from spark.broker.envelope import (
     retag_reply,
 )
 from spark.broker.keys import default_service_name
+from spark.broker.memory import memory_status
 from spark.broker.notify import Notification, NotificationListener
 from spark.broker.retrying import REDIS_ERRORS, Backoff, Stopped
 from spark.context import CallInfo, current_call
@@ -231,6 +232,14 @@ class Worker:
     async def _start_up(self) -> None:
         await self.queue.ensure_group()
         await self._beat()
+        memory = await memory_status(self.redis)
+        if memory is not None and memory.evicts_spark_keys:
+            log.warning(
+                "Redis evicts keys when full (maxmemory-policy %s): it may silently drop "
+                "request streams, consumer groups and stored replies; use noeviction "
+                "(or volatile-*) for Spark's Redis",
+                memory.policy,
+            )
 
     async def _close_clients(self) -> None:
         if self._cancels is not None:
