@@ -23,6 +23,9 @@ from spark.errors import OverloadedError
 log = logging.getLogger("spark.broker")
 
 DEFAULT_MAX_BACKLOG = 100_000
+#: Bytes of envelopes a service's stream may hold: entries alone do not bound memory
+#: (100,000 one-megabyte requests are 100 GB).
+DEFAULT_MAX_BACKLOG_BYTES = 256 * 1024 * 1024
 #: Dead-letter stream cap: it is for inspection and replay, not an archive.
 DEAD_LETTER_MAXLEN = 10_000
 
@@ -47,11 +50,17 @@ def _entries(messages) -> list[Entry]:
 
 class ServiceQueue:
     def __init__(
-        self, redis: aioredis.Redis, service: str, *, max_backlog: int = DEFAULT_MAX_BACKLOG
+        self,
+        redis: aioredis.Redis,
+        service: str,
+        *,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
     ):
         self.redis = redis
         self.keys = ServiceKeys.for_service(service)
         self.max_backlog = max_backlog
+        self.max_backlog_bytes = max_backlog_bytes
         self._enqueue = script(redis, "enqueue")
 
     @property
@@ -68,14 +77,16 @@ class ServiceQueue:
         await self.redis.sadd(SERVICES, self.service)
 
     async def enqueue(self, envelopes: list[bytes]) -> list[bytes | None]:
-        """Append envelopes in one round trip; None where the backlog was full.
+        """Append envelopes in one round trip; None where the backlog was full (entries or
+        bytes; an envelope alone in the stream is always accepted, whatever its size).
 
         A Redis out of memory (maxmemory, noeviction) is an overload: OverloadedError,
         which callers may retry, rather than a raw Redis error.
         """
         try:
             ids = await self._enqueue(
-                keys=[self.keys.requests], args=[self.max_backlog, *envelopes]
+                keys=[self.keys.requests, self.keys.backlog_bytes],
+                args=[self.max_backlog, self.max_backlog_bytes, *envelopes],
             )
         except OutOfMemoryError as exc:
             raise OverloadedError(
@@ -178,13 +189,16 @@ class ServiceQueue:
         if entry_ids:
             await self.redis.xclaim(self.keys.requests, GROUP, consumer, 0, entry_ids, justid=True)
 
-    async def finish(self, entry_ids: list[bytes]) -> None:
-        """Acknowledge and delete finished entries (only ever after their reply is written)."""
+    async def finish(self, entry_ids: list[bytes], nbytes: int = 0) -> None:
+        """Acknowledge and delete finished entries (only ever after their reply is written);
+        `nbytes`, the size of their envelopes, leaves the backlog's byte count."""
         if not entry_ids:
             return
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(self.keys.requests, GROUP, *entry_ids)
         pipe.xdel(self.keys.requests, *entry_ids)
+        if nbytes:
+            pipe.decrby(self.keys.backlog_bytes, nbytes)
         await pipe.execute()
 
     async def dead_letter(self, entry: Entry, error: dict, consumer: str) -> None:
@@ -205,6 +219,8 @@ class ServiceQueue:
         )
         pipe.xack(self.keys.requests, GROUP, entry.entry_id)
         pipe.xdel(self.keys.requests, entry.entry_id)
+        if entry.raw:
+            pipe.decrby(self.keys.backlog_bytes, len(entry.raw))
         await pipe.execute()
 
     async def stats(self) -> dict[str, int]:

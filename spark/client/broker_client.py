@@ -32,7 +32,7 @@ from spark.broker import cancel as cancelling
 from spark.broker.cancel import CancelItem
 from spark.broker.connection import describe
 from spark.broker.envelope import decode_reply
-from spark.broker.queue import DEFAULT_MAX_BACKLOG
+from spark.broker.queue import DEFAULT_MAX_BACKLOG, DEFAULT_MAX_BACKLOG_BYTES
 from spark.broker.retrying import REDIS_ERRORS, Backoff
 from spark.context import inherited_deadline
 from spark.errors import (
@@ -42,6 +42,7 @@ from spark.errors import (
     RpcTimeoutError,
     ServiceUnavailableError,
 )
+from spark.lru import LruDict
 
 log = logging.getLogger("spark.client")
 
@@ -50,6 +51,9 @@ DEFAULT_TIMEOUT = 30.0
 LIVENESS_CACHE_SECONDS = 1.0
 #: Seconds one BLPOP waits; bounds how long the reader takes to notice it should stop.
 READ_BLOCK_SECONDS = 1.0
+#: Services whose queue handle and liveness are kept (least recently used ones are
+#: dropped): callers of an edge can name any number of services.
+MAX_SERVICES = 1024
 
 
 def check_params(params: Any) -> None:
@@ -67,22 +71,26 @@ class BrokerClient:
         *,
         client_id: str | None = None,
         max_backlog: int | None = None,
+        max_backlog_bytes: int | None = None,
     ):
         self.url = resolve_url(url)
         self.client_id = client_id or uuid.uuid4().hex
         #: Requests a service's stream may hold before enqueues are refused (overloaded);
         #: None means DEFAULT_MAX_BACKLOG.
         self.max_backlog = DEFAULT_MAX_BACKLOG if max_backlog is None else max_backlog
+        self.max_backlog_bytes = (
+            DEFAULT_MAX_BACKLOG_BYTES if max_backlog_bytes is None else max_backlog_bytes
+        )
         self._redis: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
         self._writer: aioredis.Redis | None = None
-        self._queues: dict[str, ServiceQueue] = {}
+        self._queues: LruDict[str, ServiceQueue] = LruDict(MAX_SERVICES)
         self._pending: dict[str, asyncio.Future] = {}
         self._outbox: Batcher[tuple[str, bytes], bytes] = Batcher(self._send)
         self._cancels: Batcher[tuple[str, CancelItem], None] = Batcher(self._send_cancels)
         self._cancelling: set[asyncio.Task] = set()
         self._reader: asyncio.Task | None = None
-        self._liveness: dict[str, tuple[float, int]] = {}
+        self._liveness: LruDict[str, tuple[float, int]] = LruDict(MAX_SERVICES)
         self._seq = 0
         self._closed = False
 
@@ -142,7 +150,10 @@ class BrokerClient:
                 # connection spares the pool's bookkeeping on every call.
                 self._writer = connect(self.url, max_connections=1, dedicated=True)
             q = self._queues[service] = ServiceQueue(
-                self._writer, service, max_backlog=self.max_backlog
+                self._writer,
+                service,
+                max_backlog=self.max_backlog,
+                max_backlog_bytes=self.max_backlog_bytes,
             )
         return q
 

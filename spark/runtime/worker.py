@@ -605,8 +605,9 @@ class Worker:
         )
         written = {id(d) for d, good in zip(with_reply, ok, strict=True) if good}
         finished = [d.reply_to is None or id(d) in written for d in batch]
+        done = [d.entry for d, fin in zip(batch, finished, strict=True) if fin]
         await self._writer_queue.finish(
-            [d.entry.entry_id for d, fin in zip(batch, finished, strict=True) if fin]
+            [e.entry_id for e in done], sum(len(e.raw) for e in done if e.raw)
         )
         self.processed += sum(finished)
         return finished

@@ -120,7 +120,11 @@ class Edge:
     # -- lifecycle (an aiohttp cleanup context) ------------------------------------------------
 
     async def open(self) -> None:
-        self.client = BrokerClient(self.url, max_backlog=self.config.max_backlog)
+        self.client = BrokerClient(
+            self.url,
+            max_backlog=self.config.max_backlog,
+            max_backlog_bytes=self.config.max_backlog_bytes,
+        )
         self.redis = connect(self.url, max_connections=4)
         self.listener = NotificationListener(
             self.url, self.on_notification, patterns=[NOTIFY_PATTERN]

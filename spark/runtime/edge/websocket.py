@@ -58,6 +58,8 @@ class WsConnection:
         #: Who authenticated this connection (scopes its idempotency keys); None: anyone.
         self.principal: str | None = None
         self.tasks: set[asyncio.Task] = set()
+        #: Bytes of the messages whose requests (notifications too) are in flight.
+        self.inflight_bytes = 0
         # Bounded by hand (ws_max_queued, ws_max_outbox) so finish() can always add None.
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._writer: asyncio.Task | None = None
@@ -99,14 +101,26 @@ class WsConnection:
         if self.overflowed:
             return  # being disconnected for not reading: its requests are not run
         parsed = self.edge.parse(data)
-        if parsed.requests and len(self.tasks) >= self.edge.config.ws_max_inflight:
+        cfg = self.edge.config
+        size = len(data)
+        if parsed.requests and (
+            len(self.tasks) >= cfg.ws_max_inflight
+            # One message alone always fits (max_body_bytes bounds it).
+            or (self.tasks and self.inflight_bytes + size > cfg.ws_max_inflight_bytes)
+        ):
             body = self.edge.overloaded(self.service, parsed, "websocket")
             if body is not None:
                 self._reply(body.decode())
             return
         task = asyncio.create_task(self._answer(parsed, request_options(data, parsed)))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.inflight_bytes += size
+
+        def done(t: asyncio.Task) -> None:
+            self.tasks.discard(t)
+            self.inflight_bytes -= size
+
+        task.add_done_callback(done)
 
     async def _answer(self, parsed, options) -> None:
         body = await self.edge.run(
