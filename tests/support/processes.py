@@ -39,7 +39,9 @@ class WorkerProcess:
         if service:
             cmd += ["--service", service]
         self.url = url
-        self.proc = subprocess.Popen(cmd, env=env())
+        # A session of its own: stop() and kill() take a supervisor's children with it
+        # (orphans would go on serving the next test's Redis).
+        self.proc = subprocess.Popen(cmd, env=env(), start_new_session=True)
 
     @property
     def pid(self) -> int:
@@ -60,7 +62,7 @@ class WorkerProcess:
             os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
-        self.signal(signal.SIGKILL)
+        self._kill_group()
         self.proc.wait(timeout=10)
 
     def terminate(self, timeout: float = 30.0) -> int:
@@ -68,6 +70,11 @@ class WorkerProcess:
         return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        self._kill_group()
+        self.proc.wait(timeout=10)
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
