@@ -5,7 +5,7 @@ many deliveries, expired, already answered) -> handler under the request's deadl
 reply written -> entry acknowledged and deleted. Replies and acks of entries that finish
 together go out in one pipeline each. While a handler runs, its entry's lease is renewed
 so other workers do not reclaim it; entries of a worker that died go idle and are
-reclaimed by the others after `reclaim_after` seconds.
+reclaimed by the others after `reclaim_after` seconds, one at a time (see _run_reclaimed).
 
 Cancellation: every worker listens on its service's cancel channel (spark.broker.cancel).
 A cancel for a request whose handler is running here cancels the handler task; the request
@@ -152,8 +152,10 @@ class Worker:
         self._retry_reclaim = Backoff("reclaiming", logger=log)
         self._retry_dead = Backoff("dead-lettering", logger=log, stopping=self._stopping)
         self.ready = asyncio.Event()
-        #: Running a reclaimed entry alone (see _reclaim_loop): read nothing new meanwhile.
-        self._isolating = False
+        #: Taking over a dead worker's entries (see _run_reclaimed): one slot is kept for
+        #: them, and they run one at a time.
+        self._reclaiming = False
+        self._reclaimed: bytes | None = None
         #: "serving", then "draining" once it stopped reading (reported in heartbeats).
         self.state = "serving"
         self.processed = 0
@@ -166,9 +168,9 @@ class Worker:
 
     @property
     def free_slots(self) -> int:
-        if self._isolating:
-            return 0
-        return self.config.concurrency - len(self._inflight)
+        # The kept slot counts once: reserved while no reclaimed entry runs in it.
+        reserved = 1 if self._reclaiming and self._reclaimed not in self._inflight else 0
+        return self.config.concurrency - len(self._inflight) - reserved
 
     def stop(self) -> None:
         """Stop reading; `serve()` then drains in-flight work and returns."""
@@ -642,25 +644,28 @@ class Worker:
                 continue
             try:
                 if await self.queue.reclaimable(min_idle_ms):
-                    await self._run_reclaimed_alone(min_idle_ms)
+                    await self._run_reclaimed(min_idle_ms)
             except REDIS_ERRORS as exc:
                 await self._retry_reclaim.pause(exc)
             else:
                 self._retry_reclaim.succeeded()
             finally:
-                self._isolating = False
+                self._reclaiming = False
                 self._slot_free.set()
 
-    async def _run_reclaimed_alone(self, min_idle_ms: int) -> None:
-        """Take over a dead worker's entries one at a time, each with nothing else running.
+    async def _run_reclaimed(self, min_idle_ms: int) -> None:
+        """Take over a dead worker's entries one at a time, in a slot kept for them.
 
-        One of them may be what killed that worker. Run alongside other requests, a poison
-        entry takes them down with it, they are delivered again and again, and innocent
-        requests end up dead-lettered with it. Run alone, it harms nobody: only it reaches
-        `max_deliveries`. This costs throughput only while there is something to reclaim.
+        One of them may be what killed that worker. Run together, a poison entry would take
+        the others down with it, again and again, until innocent requests are dead-lettered
+        with it: reclaimed entries never run two at once. Fresh requests go on in the other
+        slots meanwhile (a worker with one slot runs the reclaimed entries alone), so a
+        crash delays new work by at most one slot's worth: a fresh request crashed by a
+        poison it ran beside is delivered once more, and is dead-lettered only with
+        `--max-deliveries 1`.
         """
-        self._isolating = True
-        while self._inflight and not self._stopping.is_set():
+        self._reclaiming = True
+        while len(self._inflight) >= self.config.concurrency and not self._stopping.is_set():
             self._slot_free.clear()
             await self._wait_stopping_or(self._slot_free.wait())
         while not self._stopping.is_set():
@@ -669,13 +674,15 @@ class Worker:
                 return
             entry = entries[0]
             log.warning(
-                "reclaimed %r of %r (delivery %d), running it alone",
+                "reclaimed %r of %r (delivery %d); running it apart from other reclaims",
                 entry.entry_id,
                 self.config.service,
                 entry.deliveries,
             )
+            self._reclaimed = entry.entry_id
             self._start(entry)
             await asyncio.wait({self._inflight[entry.entry_id]})
+            self._reclaimed = None
 
     async def _beat(self) -> None:
         cfg = self.config

@@ -163,3 +163,53 @@ async def test_an_evicting_redis_is_warned_about(redis_url, caplog):
         await r.config_set("maxmemory-policy", "noeviction")
         await r.aclose()
     assert any("allkeys-lru" in rec.getMessage() for rec in caplog.records)
+
+
+async def test_fresh_work_goes_on_while_a_dead_workers_entries_are_reclaimed(redis_url):
+    """A worker dies holding three 3-second requests; the survivor reclaims them one at a
+    time. A fresh echo sent meanwhile is answered before those reclaims are done."""
+    from support.lab import TARGET
+    from support.processes import WorkerProcess
+
+    flags = ("--reclaim-after", "1", "--concurrency", "4")
+    doomed = WorkerProcess(TARGET, redis_url, *flags, service="lab")
+    survivor = None
+    r = aioredis.Redis.from_url(redis_url)
+    client = BrokerClient(redis_url)
+    try:
+        await asyncio.to_thread(doomed.wait_ready, 1, 30.0)
+        keys = [f"reclaim:{i}" for i in range(3)]
+        calls = [
+            asyncio.create_task(client.call("lab", "sleep", {"seconds": 3, "count": k}, timeout=60))
+            for k in keys
+        ]
+
+        async def runs() -> list[int]:
+            return [int(v or 0) for v in await r.mget([f"lab:runs:{k}" for k in keys])]
+
+        await eventually(lambda: _all(runs(), 1), what="the doomed worker running all three")
+        survivor = WorkerProcess(TARGET, redis_url, *flags, service="lab")
+        await asyncio.to_thread(survivor.wait_ready, 2, 30.0)
+        doomed.kill()
+        await eventually(lambda: _any(runs(), 2), timeout=30, what="a reclaim started")
+        echo = await client.call("lab", "echo", {"fresh": True}, timeout=30)
+        unfinished = sum(1 for t in calls if not t.done())
+        await asyncio.wait_for(asyncio.gather(*calls), 60)
+    finally:
+        await client.aclose()
+        await r.aclose()
+        doomed.stop()
+        if survivor is not None:
+            survivor.stop()
+    report("fresh_work_during_reclaim", reclaimed=3, unfinished_when_echo_answered=unfinished)
+    assert echo == {"fresh": True}
+    # The echo did not wait for the reclaims to end (they run one at a time, 3 s each).
+    assert unfinished >= 1
+
+
+async def _all(values, n: int) -> bool:
+    return all(v >= n for v in await values)
+
+
+async def _any(values, n: int) -> bool:
+    return any(v >= n for v in await values)
