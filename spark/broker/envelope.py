@@ -3,6 +3,8 @@
 A stream entry has one field, `e`, holding the envelope as JSON. The envelope carries our
 own request id (unique per client; the caller's JSON-RPC id never leaves the caller), the
 client to reply to, the request's budget, and optional idempotency key and state namespace.
+The reply's format is wire knowledge shared with the client: it lives in `spark.protocol.wire`
+(re-exported here).
 
 The budget travels relative (`timeout`, seconds left when the request was enqueued, as
 gRPC's `grpc-timeout`): a worker counts it from the time in the stream entry's id, which is
@@ -18,7 +20,18 @@ from typing import Any
 
 import orjson
 
-from spark.errors import InvalidRequestError, RpcError
+from spark.errors import InvalidRequestError
+from spark.protocol.wire import decode_reply, encode_error, encode_result, retag_reply
+
+__all__ = [
+    "FIELD",
+    "Envelope",
+    "decode_reply",
+    "encode_error",
+    "encode_result",
+    "reply_address",
+    "retag_reply",
+]
 
 FIELD = b"e"
 #: Longest budget a request may have (a day): a deadline of 1e300 would overflow timers.
@@ -136,36 +149,3 @@ def _address_by_layout(raw: bytes) -> tuple[str, str] | None:
     except orjson.JSONDecodeError:
         return None
 
-
-def encode_result(request_id: str, result: Any) -> bytes:
-    return orjson.dumps({"id": request_id, "result": result})
-
-
-def encode_error(request_id: str, error: RpcError) -> bytes:
-    try:
-        return orjson.dumps({"id": request_id, "error": error.to_dict()})
-    except TypeError:
-        # The error's data is not JSON: the caller still gets the code and message.
-        doc = {"code": error.code, "message": error.message, "data": {"note": "data not JSON"}}
-        return orjson.dumps({"id": request_id, "error": doc})
-
-
-def retag_reply(stored: bytes, request_id: str) -> bytes:
-    """A stored reply (idempotency) answered under the id of the request that repeats it."""
-    doc = orjson.loads(stored)
-    doc["id"] = request_id
-    return orjson.dumps(doc)
-
-
-def decode_reply(raw: bytes) -> tuple[str | None, Any, RpcError | None]:
-    """(request id, result, error) of a reply; a malformed one gives (None, None, error)."""
-    try:
-        doc = orjson.loads(raw)
-        rid = doc["id"]
-    except (orjson.JSONDecodeError, TypeError, KeyError):
-        return None, None, RpcError("malformed reply")
-    if not isinstance(rid, str):
-        return None, None, RpcError("malformed reply id")
-    if "error" in doc:
-        return rid, None, RpcError.from_dict(doc["error"])
-    return rid, doc.get("result"), None

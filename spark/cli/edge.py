@@ -17,22 +17,34 @@ import sys
 from pathlib import Path
 
 from spark.broker.connection import describe
-from spark.cli.common import cli_redis_url, install_stop_signals, setup_logging
+from spark.cli.common import (
+    REDIS_HELP,
+    Parser,
+    UsageError,
+    add_loop_argument,
+    broker_url,
+    cli_redis_url,
+    install_stop_signals,
+    listen_error,
+    log_level,
+    run,
+    setup_logging,
+    usage_exit,
+)
 from spark.runtime.edge import EdgeConfig, run_edge
 
 _DEFAULTS = EdgeConfig()
 TOKENS_ENV = "SPARK_EDGE_TOKENS"
+PROG = "spark-edge"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="spark-edge",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--redis", help="broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0)"
-    )
+    p.add_argument("--redis", type=broker_url, help=REDIS_HELP)
     p.add_argument("--host", default=_DEFAULTS.host, help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=_DEFAULTS.port, help="default %(default)s")
     p.add_argument("--default-service", help="service answered on POST / and GET /ws")
@@ -102,7 +114,8 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve /metrics without a token even when tokens are configured",
     )
-    p.add_argument("--log-level", default=None)
+    add_loop_argument(p)
+    p.add_argument("--log-level", type=log_level, help="debug, info (default), warning, error")
     return p
 
 
@@ -146,18 +159,23 @@ async def _serve(config: EdgeConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    setup_logging(args.log_level)
     try:
+        setup_logging(args.log_level)
         config = config_from(args)
-    except (ValueError, OSError) as exc:
-        print(f"spark-edge: {exc}", file=sys.stderr)
-        return 2
+    except (UsageError, ValueError, OSError) as exc:
+        return usage_exit(PROG, exc)
     print(
-        f"spark-edge: broker {describe(config.redis_url)}, "
+        f"{PROG}: broker {describe(config.redis_url)}, "
         f"{'https' if config.tls else 'http'}://{config.host}:{config.port}",
         file=sys.stderr,
     )
-    asyncio.run(_serve(config))
+    try:
+        run(_serve(config), args.loop)
+    except OSError as exc:
+        message = listen_error(exc, config.host, config.port)
+        if message is None:
+            raise
+        return usage_exit(PROG, message)
     return 0
 
 

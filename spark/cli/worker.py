@@ -14,7 +14,22 @@ import sys
 from spark.broker import connect, registry
 from spark.broker.connection import describe
 from spark.broker.keys import ServiceKeys
-from spark.cli.common import cli_redis_url, install_stop_signals, load_target, setup_logging
+from spark.cli.common import (
+    REDIS_HELP,
+    Parser,
+    UsageError,
+    add_loop_argument,
+    broker_url,
+    cli_redis_url,
+    install_stop_signals,
+    load_target,
+    log_level,
+    positive,
+    run,
+    service_name,
+    setup_logging,
+    usage_exit,
+)
 from spark.runtime.supervisor import Supervisor
 from spark.runtime.worker import WorkerConfig, run_worker, service_of
 
@@ -22,37 +37,37 @@ _DEFAULTS = WorkerConfig(service="-")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="spark-worker",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", help="module:Class or module:factory")
-    p.add_argument("--service", help="service name (default: derived from the class name)")
     p.add_argument(
-        "--redis", help="broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0)"
+        "--service", type=service_name, help="service name (default: derived from the class name)"
     )
+    p.add_argument("--redis", type=broker_url, help=REDIS_HELP)
     p.add_argument(
         "--concurrency",
-        type=int,
+        type=positive(int),
         default=_DEFAULTS.concurrency,
         help="handlers running at once per process (default %(default)s)",
     )
     p.add_argument(
         "--processes",
-        type=int,
+        type=positive(int),
         default=1,
         help="worker processes under one supervisor (default %(default)s)",
     )
     p.add_argument(
         "--reclaim-after",
-        type=float,
+        type=positive(float),
         default=_DEFAULTS.reclaim_after,
         help="seconds before a dead worker's requests are taken over (default %(default)s)",
     )
     p.add_argument(
         "--max-deliveries",
-        type=int,
+        type=positive(int),
         default=_DEFAULTS.max_deliveries,
         help="deliveries before a request is dead-lettered (default %(default)s)",
     )
@@ -64,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--heartbeat",
-        type=float,
+        type=positive(float),
         default=_DEFAULTS.heartbeat_interval,
         help="seconds between heartbeats (default %(default)s)",
     )
@@ -73,7 +88,14 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 when a live worker of the service has a fresh heartbeat, else 1",
     )
-    p.add_argument("--log-level", default=None)
+    p.add_argument(
+        "--expose-errors",
+        action="store_true",
+        help="answer a handler's crash with its exception type and message in the error's "
+        "data (default: only 'Internal error'; the traceback is in the log either way)",
+    )
+    add_loop_argument(p)
+    p.add_argument("--log-level", type=log_level, help="debug, info (default), warning, error")
     return p
 
 
@@ -115,16 +137,21 @@ async def _supervise(argv: list[str], args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
-    setup_logging(args.log_level)
-    url = cli_redis_url(args.redis)
-    target = load_target(args.target)
-    service = service_of(target, args.service)
+    try:
+        setup_logging(args.log_level)
+        url = cli_redis_url(args.redis)
+        target = load_target(args.target)
+        if args.expose_errors:
+            target.expose_errors = True
+        service = service_of(target, args.service)
+    except UsageError as exc:
+        return usage_exit("spark-worker", exc)
     if args.check:
-        return asyncio.run(_check(url, service))
+        return run(_check(url, service), args.loop)
     if args.processes > 1:
         child = [sys.executable, "-m", "spark.cli.worker", *argv, "--processes", "1"]
-        return asyncio.run(_supervise(child, args))
-    asyncio.run(_serve(target, args, url))
+        return run(_supervise(child, args), args.loop)
+    run(_serve(target, args, url), args.loop)
     return 0
 
 

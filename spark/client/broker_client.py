@@ -18,7 +18,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from spark.aio import Batcher, cancel_and_wait
+from spark import aio
+from spark.aio import Batcher, cancel_and_wait, reraise_cancellation
 from spark.broker import (
     UNREACHABLE,
     Envelope,
@@ -30,8 +31,7 @@ from spark.broker import (
 )
 from spark.broker import cancel as cancelling
 from spark.broker.cancel import CancelItem
-from spark.broker.connection import describe
-from spark.broker.envelope import decode_reply
+from spark.broker.connection import describe, is_memory
 from spark.broker.queue import DEFAULT_MAX_BACKLOG, DEFAULT_MAX_BACKLOG_BYTES
 from spark.broker.retrying import REDIS_ERRORS, Backoff
 from spark.context import inherited_deadline
@@ -42,7 +42,9 @@ from spark.errors import (
     RpcTimeoutError,
     ServiceUnavailableError,
 )
+from spark.lifetime import close_with_loop
 from spark.lru import LruDict
+from spark.protocol.wire import decode_reply
 
 log = logging.getLogger("spark.client")
 
@@ -90,6 +92,8 @@ class BrokerClient:
         self._cancels: Batcher[tuple[str, CancelItem], None] = Batcher(self._send_cancels)
         self._cancelling: set[asyncio.Task] = set()
         self._reader: asyncio.Task | None = None
+        #: Set while calls wait for replies; the reader sleeps on it otherwise.
+        self._wanted = asyncio.Event()
         self._liveness: LruDict[str, tuple[float, int]] = LruDict(MAX_SERVICES)
         self._seq = 0
         self._closed = False
@@ -103,11 +107,13 @@ class BrokerClient:
     @property
     def redis(self) -> aioredis.Redis:
         if self._redis is None:
+            close_with_loop(self)
             self._redis = connect(self.url)
         return self._redis
 
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.done():
+            close_with_loop(self)
             if self._blocking is None:
                 self._blocking = connect(
                     self.url,
@@ -146,6 +152,7 @@ class BrokerClient:
         q = self._queues.get(service)
         if q is None:
             if self._writer is None:
+                close_with_loop(self)
                 # Enqueues leave from one Batcher, one script call at a time: a dedicated
                 # connection spares the pool's bookkeeping on every call.
                 self._writer = connect(self.url, max_connections=1, dedicated=True)
@@ -229,8 +236,9 @@ class BrokerClient:
         reply = loop.create_future()
         self._pending[rid] = reply
         self._ensure_reader()
+        self._wanted.set()
         try:
-            async with asyncio.timeout_at(loop.time() + waiting):
+            with aio.timeout(waiting):
                 await self._enqueue(service, env.encode())
                 return await reply
         except RpcTimeoutError:
@@ -239,7 +247,7 @@ class BrokerClient:
             if cancel_on_abort and waiting >= remaining:
                 self.cancel(service, rid, idempotency_key)
             raise RpcTimeoutError(
-                f"no reply from {service!r} within {waiting:.3g}s",
+                f"no reply from {service!r} within {waiting:.3g}s{self._embedded_hint()}",
                 data={"service": service, "method": method},
             ) from None
         except asyncio.CancelledError:
@@ -313,12 +321,18 @@ class BrokerClient:
         for i, (service, _payload) in enumerate(batch):
             by_service[service].append(i)
         try:
-            answers = await asyncio.gather(
-                *(
-                    self.queue(s).enqueue([batch[i][1] for i in idx])
-                    for s, idx in by_service.items()
+            if len(by_service) == 1:
+                # The usual case, awaited here: gather would add a task and a loop turn
+                # to the latency of every call.
+                ((service, idx),) = by_service.items()
+                answers = [await self.queue(service).enqueue([batch[i][1] for i in idx])]
+            else:
+                answers = await asyncio.gather(
+                    *(
+                        self.queue(s).enqueue([batch[i][1] for i in idx])
+                        for s, idx in by_service.items()
+                    )
                 )
-            )
         except UNREACHABLE as exc:
             raise self._unreachable(exc) from exc
         results: list[bytes | BaseException] = [b""] * len(batch)
@@ -348,8 +362,17 @@ class BrokerClient:
             cached = self._liveness[service] = (now, count)
         if cached[1] == 0:
             raise ServiceUnavailableError(
-                f"service {service!r} has no live workers", data={"service": service}
+                f"service {service!r} has no live workers{self._embedded_hint()}",
+                data={"service": service},
             )
+
+    def _embedded_hint(self) -> str:
+        if not is_memory(self.url):
+            return ""
+        return (
+            f" (on the embedded broker {self.url}, which only this process sees: set "
+            "SPARK_REDIS_URL, or pass a redis:// URL, to reach workers started elsewhere)"
+        )
 
     async def live_workers(self, service: str) -> int:
         return await registry.live_count(self.redis, self.queue(service).keys)
@@ -366,10 +389,20 @@ class BrokerClient:
                 if untrimmed >= replies.TRIM_EVERY or (untrimmed and not self._pending):
                     await replies.trim(self._blocking, self.client_id, last)
                     untrimmed = 0
+                reraise_cancellation()
+                if not self._pending:
+                    # Nothing to wait for: sleep on an event rather than in a blocking
+                    # read, which redis-py may not let a cancellation interrupt (a
+                    # program's loop shutdown would then wait out a whole read).
+                    self._wanted.clear()
+                    await self._wanted.wait()
+                    continue
                 batch = await replies.read(self._blocking, self.client_id, last, READ_BLOCK_SECONDS)
             except REDIS_ERRORS as exc:
+                # pause() honours a cancellation redis-py turned into a connection error.
                 await retry.pause(exc)
                 continue
+            reraise_cancellation()
             retry.succeeded()
             for _entry_id, item in batch:
                 self._resolve(item)
@@ -379,7 +412,8 @@ class BrokerClient:
 
     def _resolve(self, item: bytes) -> None:
         rid, result, error = decode_reply(item)
-        fut = self._pending.get(rid) if rid is not None else None
+        # Popped here, not by the caller: the reader then sees at once that nothing waits.
+        fut = self._pending.pop(rid, None) if rid is not None else None
         if fut is None or fut.done():
             return  # late or repeated: its caller has already been answered
         if error is not None:

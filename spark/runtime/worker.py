@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from spark.aio import Batcher, cancel_and_wait
+from spark.aio import Batcher, cancel_and_wait, timeout
 from spark.broker import (
     Entry,
     Envelope,
@@ -510,7 +510,7 @@ class Worker:
         """
         token = current_call.set(call)
         try:
-            async with asyncio.timeout(deadline - time.time()) as scope:
+            with timeout(deadline - time.time()) as scope:
                 result = await self.handler(env.method, env.params, call)
             return encode_result(env.id, result), True
         except RpcError as exc:
@@ -760,8 +760,8 @@ async def run_worker(
     way in-flight requests are drained first.
     """
     url = resolve_url(url)
-    host = ServiceHost(url)
     name = service_of(target, service)
+    host = ServiceHost(url, service=name, threads=options.get("concurrency", 16))
     if hasattr(target, "runtime"):
         target.runtime = host
     if hasattr(target, "service"):

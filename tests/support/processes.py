@@ -13,11 +13,14 @@ import redis
 from support.redis_server import wait_until
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
+#: The repository root, for `workers` (example services, not part of the installed package).
+REPO_ROOT = TESTS_DIR.parent
 
 
 def env() -> dict[str, str]:
     e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), e.get("PYTHONPATH", "")])
+    path = [str(TESTS_DIR), str(REPO_ROOT), e.get("PYTHONPATH", "")]
+    e["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
     e.setdefault("SPARK_LOG_LEVEL", "WARNING")
     return e
 
@@ -33,7 +36,14 @@ def live_workers(url: str, service: str) -> int:
 
 
 class WorkerProcess:
-    def __init__(self, target: str, url: str, *args: str, service: str | None = None):
+    def __init__(
+        self,
+        target: str,
+        url: str,
+        *args: str,
+        service: str | None = None,
+        cwd: str | None = None,
+    ):
         self.service = service
         cmd = [sys.executable, "-m", "spark.cli.worker", target, "--redis", url, *args]
         if service:
@@ -41,7 +51,7 @@ class WorkerProcess:
         self.url = url
         # A session of its own: stop() and kill() take a supervisor's children with it
         # (orphans would go on serving the next test's Redis).
-        self.proc = subprocess.Popen(cmd, env=env(), start_new_session=True)
+        self.proc = subprocess.Popen(cmd, env=env(), cwd=cwd, start_new_session=True)
 
     @property
     def pid(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
@@ -274,8 +275,14 @@ def test_client_and_state_keys():
     assert reply_key("c1") == "spark:reply:{c1}"
     assert client_channel("c1") == "spark:notify:client:c1"
     assert state_key("ns") == "spark:state:{ns}"
-    assert GROUP == "workers"
-    assert SERVICES == "spark:services"
+
+
+def test_the_readme_keyspace_names_what_the_code_uses():
+    """One name for one thing: the operator-facing names in the README are the code's."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    keys = ServiceKeys.for_service("svc")  # the README writes the service as {svc}
+    assert f"| `{keys.requests}` | stream, group `{GROUP}` |" in readme
+    assert f"| `{SERVICES}` | set |" in readme
 
 
 @pytest.mark.parametrize(
@@ -336,13 +343,38 @@ def test_resolve_url_env_beats_default(monkeypatch):
     assert resolve_url(None, default="redis://other/0") == "redis://env-host:6379/0"
 
 
-def test_resolve_url_defaults_to_embedded_broker(monkeypatch):
+@pytest.fixture
+def local_redis(monkeypatch):
+    """Set whether a Redis 'answers' on localhost:6379, for the default rule."""
+    import spark.broker.connection as connection
+
+    def set_listening(listening: bool) -> None:
+        monkeypatch.setattr(connection, "_local_redis_listens", lambda: listening)
+        connection.default_url.cache_clear()
+
+    yield set_listening
+    connection.default_url.cache_clear()
+
+
+def test_resolve_url_defaults_to_embedded_broker(monkeypatch, local_redis, caplog):
+    local_redis(False)
     monkeypatch.delenv(ENV_URL, raising=False)
     assert resolve_url() == MEMORY_URL == "memory://"
+    assert resolve_url() == MEMORY_URL
+    assert caplog.text.count("embedded broker") == 1  # said once
     assert resolve_url(None, default="redis://fallback/0") == "redis://fallback/0"
 
 
-def test_resolve_url_ignores_empty_env(monkeypatch):
+def test_resolve_url_defaults_to_a_local_redis_when_one_answers(monkeypatch, local_redis):
+    from spark.cli.common import cli_redis_url
+
+    local_redis(True)
+    monkeypatch.delenv(ENV_URL, raising=False)
+    assert resolve_url() == "redis://localhost:6379/0" == cli_redis_url(None)
+
+
+def test_resolve_url_ignores_empty_env(monkeypatch, local_redis):
+    local_redis(False)
     monkeypatch.setenv(ENV_URL, "")
     assert resolve_url() == MEMORY_URL
 

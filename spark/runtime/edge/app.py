@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -29,10 +29,14 @@ from spark.errors import (
     UnauthorizedError,
 )
 from spark.protocol import encode_error
+from spark.protocol.wire import IDEMPOTENCY_HEADER, TIMEOUT_HEADER, TIMEOUT_QUERY
 from spark.runtime.edge.config import EdgeConfig
 from spark.runtime.edge.core import Edge, request_options, valid_service
 from spark.runtime.edge.security import server_ssl_context
 from spark.runtime.edge.websocket import serve_websocket
+
+if TYPE_CHECKING:
+    from spark.runtime.inprocess import InProcessService
 
 log = logging.getLogger("spark.edge")
 
@@ -103,9 +107,11 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
         parsed,
         transport="http",
         timeout=edge.timeout_for(
-            request.headers.get("X-Spark-Timeout") or request.query.get("timeout")
+            request.headers.get(TIMEOUT_HEADER)
+            # Parsing the query costs on every request: only when there is one.
+            or (request.query.get(TIMEOUT_QUERY) if request.query_string else None)
         ),
-        idempotency_key=request.headers.get("Idempotency-Key") or None,
+        idempotency_key=request.headers.get(IDEMPOTENCY_HEADER) or None,
         options=request_options(data, parsed),
         principal=edge.tokens.principal(request),
     )
@@ -161,10 +167,13 @@ def make_app(edge: Edge) -> web.Application:
 
 
 class EdgeServer:
-    """An edge listening on a port: `await start()` returns once it accepts connections."""
+    """An edge listening on a port: `await start()` returns once it accepts connections.
 
-    def __init__(self, config: EdgeConfig):
-        self.edge = Edge(config)
+    `local` serves one node in this process with no broker (see `Edge`).
+    """
+
+    def __init__(self, config: EdgeConfig, local: InProcessService | None = None):
+        self.edge = Edge(config, local)
         self.config = self.edge.config
         self.app = make_app(self.edge)
         self._runner: web.AppRunner | None = None

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -38,23 +38,20 @@ from spark.errors import (
     TransportError,
 )
 from spark.protocol import Parsed, Request, Response, encode_reply, parse_body
+from spark.protocol.wire import SPARK_MEMBER, RequestOptions, read_spark_member
 from spark.runtime.edge.config import EdgeConfig
 from spark.runtime.edge.metrics import EdgeMetrics
 from spark.runtime.edge.security import TokenCheck
 
 if TYPE_CHECKING:
     from spark.runtime.edge.websocket import WsConnection
+    from spark.runtime.inprocess import InProcessService
 
 log = logging.getLogger("spark.edge")
 
 #: Longest idempotency key accepted (it becomes part of a Redis key).
 MAX_IDEMPOTENCY_KEY = 200
-#: The extra request member with per-request options.
-SPARK_MEMBER = "spark"
 _SPARK_MEMBER_BYTES = f'"{SPARK_MEMBER}"'.encode()
-
-#: Per request: its own timeout (seconds) and idempotency key, each None when not given.
-RequestOptions = tuple[float | None, str | None]
 
 
 def request_options(data: bytes | str, parsed: Parsed) -> list[RequestOptions] | None:
@@ -76,50 +73,59 @@ def request_options(data: bytes | str, parsed: Parsed) -> list[RequestOptions] |
     docs = doc if parsed.is_batch else [doc]
     if not isinstance(docs, list) or len(docs) != len(parsed.items):
         return None
-    options: list[RequestOptions] = []
-    for item_doc, item in zip(docs, parsed.items, strict=True):
-        if not isinstance(item, Request):
-            continue
-        member = item_doc.get(SPARK_MEMBER) if isinstance(item_doc, dict) else None
-        timeout = key = None
-        if isinstance(member, dict):
-            value = member.get("timeout")
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                if math.isfinite(value) and value > 0:
-                    timeout = float(value)
-            value = member.get("idempotency_key")
-            if isinstance(value, str) and 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
-                key = value
-        options.append((timeout, key))
-    return options
+    return [
+        read_spark_member(item_doc, MAX_IDEMPOTENCY_KEY)
+        for item_doc, item in zip(docs, parsed.items, strict=True)
+        if isinstance(item, Request)
+    ]
 
 
 def valid_service(name: str) -> bool:
+    if name in _VALID_SERVICES:
+        return True
     try:
         check_name("service name", name)
     except ValueError:
         return False
+    if len(_VALID_SERVICES) < 1024:  # checked once per name; junk names stop adding
+        _VALID_SERVICES.add(name)
     return True
 
 
-class Edge:
-    """Everything one edge process shares: the broker client, metrics, WebSocket clients."""
+_VALID_SERVICES: set[str] = set()
 
-    def __init__(self, config: EdgeConfig):
+
+class Edge:
+    """Everything one edge process shares: the broker client, metrics, WebSocket clients.
+
+    With `local` (an `InProcessService`) the edge serves that one node in its own process:
+    requests go straight to it and no broker is used at all.
+    """
+
+    def __init__(self, config: EdgeConfig, local: InProcessService | None = None):
         self.config = config.check()
-        self.url = resolve_url(config.redis_url)
+        # In-process (`local`) there is no broker: nothing to resolve, or probe for.
+        self.url = resolve_url(config.redis_url) if local is None else ""
         self.metrics = EdgeMetrics()
         self.tokens = TokenCheck(config.auth_tokens)
-        self.client: BrokerClient | None = None
+        self.local = local
+        self.client: BrokerClient | InProcessService | None = None
         self.redis: aioredis.Redis | None = None
         self.listener: NotificationListener | None = None
         #: Open WebSocket connections by client id, and by the service they are connected to.
         self.sockets: dict[str, WsConnection] = {}
         self.by_service: dict[str, set[WsConnection]] = defaultdict(set)
+        #: Awaited as `on_connect(client_id, ws)` / `on_disconnect(client_id, ws)` around
+        #: each WebSocket connection (a node served in-process: its upstream-style hooks).
+        self.on_connect: Callable[[str, Any], Awaitable[None]] | None = None
+        self.on_disconnect: Callable[[str, Any], Awaitable[None]] | None = None
 
     # -- lifecycle (an aiohttp cleanup context) ------------------------------------------------
 
     async def open(self) -> None:
+        if self.local is not None:
+            self.client = self.local
+            return
         self.client = BrokerClient(
             self.url,
             max_backlog=self.config.max_backlog,
@@ -140,7 +146,7 @@ class Edge:
         await self.close_sockets()
         if self.listener is not None:
             await self.listener.aclose()
-        if self.client is not None:
+        if self.client is not None and self.local is None:
             await self.client.aclose()
         if self.redis is not None:
             await self.redis.aclose()
@@ -230,6 +236,11 @@ class Edge:
             idempotency_key = None
         if options is not None and len(options) != len(requests):
             options = None
+        if options is None and len(requests) == 1:  # the usual case, without the planning
+            outcome = await self.one(
+                service, requests[0], transport, deadline, idempotency_key, client_id
+            )
+            return encode_reply(parsed, [outcome])
 
         def scoped(key: str | None) -> str | None:
             return f"{principal}/{key}" if key is not None and principal else key
@@ -322,11 +333,14 @@ class Edge:
     # -- health --------------------------------------------------------------------------
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        assert self.redis is not None
         doc: dict[str, Any] = {
             "default_service": self.config.default_service,
             "websocket_clients": len(self.sockets),
         }
+        if self.local is not None:
+            doc.update(self.local.health())
+            return True, doc
+        assert self.redis is not None
         try:
             async with asyncio.timeout(2.0):
                 await self.redis.ping()

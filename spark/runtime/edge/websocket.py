@@ -24,14 +24,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from spark.protocol.wire import CLIENT_ID_HEADER, TIMEOUT_HEADER, TIMEOUT_QUERY
 from spark.runtime.edge.core import Edge, request_options
 
 log = logging.getLogger("spark.edge")
-
-CLIENT_ID_HEADER = "X-Spark-Client-Id"
 
 #: Seconds a connection disconnected for not reading has to take its 1013 close frame
 #: before its TCP connection is aborted.
@@ -217,7 +217,7 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
         autoping=True,
     )
     timeout = edge.timeout_for(
-        request.headers.get("X-Spark-Timeout") or request.query.get("timeout")
+        request.headers.get(TIMEOUT_HEADER) or request.query.get(TIMEOUT_QUERY)
     )
     conn = WsConnection(edge, ws, service, timeout, transport=request.transport)
     conn.principal = edge.tokens.principal(request, query=True)
@@ -226,6 +226,7 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
     edge.register(conn)
     conn.start()
     try:
+        await _hook(edge.on_connect, conn.client_id, ws)
         async for msg in ws:
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                 conn.received(msg.data)
@@ -234,4 +235,15 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
                 break
     finally:
         await conn.finish()
+        await _hook(edge.on_disconnect, conn.client_id, ws)
     return ws
+
+
+async def _hook(hook: Any, client_id: str, ws: web.WebSocketResponse) -> None:
+    """A connect/disconnect hook; one that fails is logged, the connection goes on."""
+    if hook is None:
+        return
+    try:
+        await hook(client_id, ws)
+    except Exception:
+        log.exception("websocket %s: connection hook failed", client_id)
