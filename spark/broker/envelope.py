@@ -148,4 +148,3 @@ def _address_by_layout(raw: bytes) -> tuple[str, str] | None:
         return orjson.loads(b'"' + first.group(1) + b'"'), orjson.loads(b'"' + last.group(1) + b'"')
     except orjson.JSONDecodeError:
         return None
-
