@@ -236,14 +236,16 @@ class Edge:
             idempotency_key = None
         if options is not None and len(options) != len(requests):
             options = None
-        if options is None and len(requests) == 1:  # the usual case, without the planning
-            outcome = await self.one(
-                service, requests[0], transport, deadline, idempotency_key, client_id
-            )
-            return encode_reply(parsed, [outcome])
 
         def scoped(key: str | None) -> str | None:
+            # One caller's key never answers another's request (see TokenCheck.principal).
             return f"{principal}/{key}" if key is not None and principal else key
+
+        if options is None and len(requests) == 1:  # the usual case, without the planning
+            outcome = await self.one(
+                service, requests[0], transport, deadline, scoped(idempotency_key), client_id
+            )
+            return encode_reply(parsed, [outcome])
 
         def plan(i: int) -> tuple[float, str | None]:
             key = idempotency_key
