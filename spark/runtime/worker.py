@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from spark.aio import Batcher, cancel_and_wait, timeout
+from spark.aio import cancel_and_wait, timeout
 from spark.broker import (
     Entry,
     Envelope,
@@ -63,7 +63,11 @@ from spark.errors import (
     RpcError,
     RpcTimeoutError,
 )
-from spark.runtime.host import ServiceHost
+from spark.runtime.cancellation import CANCEL_MEMORY, CancellationIndex
+from spark.runtime.host import HostAware, Servable, ServiceAware, ServiceHost
+from spark.runtime.idempotency import IdempotencyGate
+from spark.runtime.lease import LeaseKeeper
+from spark.runtime.reply_writer import Done, ReplyWriter
 
 log = logging.getLogger("spark.worker")
 
@@ -73,9 +77,7 @@ EMBEDDED_READ_BLOCK_MS = 100
 #: What a worker serves: (method, params, call) -> JSON-able result, raising RpcError.
 Handler = Callable[[str, Any, CallInfo], Awaitable[Any]]
 
-#: Seconds a cancel for a request this worker is not running is remembered (the request
-#: may still be queued); request ids are never reused by a client, so this only bounds memory.
-CANCEL_MEMORY = 120.0
+__all__ = ["CANCEL_MEMORY", "Handler", "Worker", "WorkerConfig", "run_worker", "service_of"]
 
 
 @dataclass(slots=True)
@@ -100,20 +102,6 @@ class WorkerConfig:
     )
 
 
-@dataclass(slots=True)
-class _Done:
-    entry: Entry
-    reply_to: str | None
-    payload: bytes | None
-    #: Idempotency key to store the reply under, or to release when the reply is not kept.
-    store_key: str | None = None
-    keep: bool = True
-    #: Until when a failed reply write is retried (the caller stops waiting then).
-    deadline: float = 0.0
-    #: What to store under `store_key` (the reply bound to its request's fingerprint).
-    stored: bytes | None = None
-
-
 class Worker:
     def __init__(self, handler: Handler, config: WorkerConfig, url: str):
         self.handler = handler
@@ -124,31 +112,26 @@ class Worker:
         self._writer: aioredis.Redis | None = None
         self.queue: ServiceQueue | None = None
         self._inflight: dict[bytes, asyncio.Task] = {}
-        #: Requests whose handler may be cancelled now, by (reply_to, id) and (reply_to, key).
-        self._by_request: dict[tuple[str, str], bytes] = {}
-        self._by_key: dict[tuple[str, str], set[bytes]] = {}
-        self._cancel_requested: set[bytes] = set()
-        #: Idempotency keys claimed by requests now answering (released if cancelled).
-        self._claimed: dict[bytes, str] = {}
-        #: (reply_to, id) of cancelled requests not running here -> forget after (monotonic).
-        self._cancelled: dict[tuple[str, str], float] = {}
+        #: The worker's parts, each testable alone: which running request a cancel is for,
+        #: idempotency keys, replies and acks, leases.
+        self._cancellation = CancellationIndex()
+        self._gate: IdempotencyGate | None = None
+        self._replies = ReplyWriter(
+            config.service, reply_ttl=config.reply_ttl, idempotency_ttl=config.idempotency_ttl
+        )
+        self._lease: LeaseKeeper | None = None
         self._cancels: NotificationListener | None = None
         #: Requests cancelled by their callers (counted in heartbeats as failures too).
         self.cancelled = 0
-        #: Idempotency markers held by running requests: entry id -> (key, marker).
-        self._markers: dict[bytes, tuple[str, bytes]] = {}
         #: Redis's clock minus ours (seconds), measured with every heartbeat: request
         #: budgets count from the stream entry's id, which Redis stamps (see _deadline_of).
         self.clock_offset = 0.0
         self._slot_free = asyncio.Event()
-        self._writes: Batcher[_Done, bool] = Batcher(self._write)
         self._stopping = asyncio.Event()
         # One retry policy per loop, each with its own steady-rate log line.
         self._retry_start = Backoff("worker start", logger=log, stopping=self._stopping)
         self._retry_read = Backoff("reading requests", logger=log, stopping=self._stopping)
-        self._retry_reply = Backoff("writing replies", logger=log)
         self._retry_beat = Backoff("heartbeat", logger=log)
-        self._retry_lease = Backoff("lease renewal", logger=log)
         self._retry_reclaim = Backoff("reclaiming", logger=log)
         self._retry_dead = Backoff("dead-lettering", logger=log, stopping=self._stopping)
         self.ready = asyncio.Event()
@@ -158,13 +141,17 @@ class Worker:
         self._reclaimed: bytes | None = None
         #: "serving", then "draining" once it stopped reading (reported in heartbeats).
         self.state = "serving"
-        self.processed = 0
         self.failed = 0
         self.started_at = time.time()
 
     @property
     def consumer(self) -> str:
         return self.config.consumer
+
+    @property
+    def processed(self) -> int:
+        """Requests answered and acknowledged."""
+        return self._replies.processed
 
     @property
     def free_slots(self) -> int:
@@ -193,7 +180,15 @@ class Worker:
         # Replies and acks go out from one task, one pipeline at a time: a dedicated
         # connection spares the pool's bookkeeping on the path every request takes.
         self._writer = connect(self.url, max_connections=1, dedicated=True)
-        self._writer_queue = ServiceQueue(self._writer, cfg.service)
+        self._replies.open(self._writer)
+        self._gate = IdempotencyGate(self.redis, self.queue.keys, cfg.reclaim_after * 2)
+        self._lease = LeaseKeeper(
+            self.queue,
+            self.consumer,
+            self._gate,
+            lambda: list(self._inflight),
+            reclaim_after=cfg.reclaim_after,
+        )
         self._cancels = NotificationListener(
             self.url, self._on_cancel, channels=[self.queue.keys.cancel]
         )
@@ -213,7 +208,7 @@ class Worker:
         self.ready.set()
         side = [
             asyncio.create_task(self._heartbeat_loop(), name="spark-heartbeat"),
-            asyncio.create_task(self._lease_loop(), name="spark-lease"),
+            asyncio.create_task(self._lease.run(), name="spark-lease"),
             asyncio.create_task(self._reclaim_loop(), name="spark-reclaim"),
         ]
         try:
@@ -318,41 +313,19 @@ class Worker:
         try:
             done = await self._answer(entry)
             if done is not None:
-                await self._reply(done)
+                # Meanwhile the entry stays in flight: its lease is renewed, nobody else
+                # runs it.
+                await self._replies.reply(done)
         except Exception:
             # Only a bug in this module gets here; the entry stays pending and is reclaimed.
             log.exception("worker failed on entry %r", entry.entry_id)
         finally:
             self._inflight.pop(entry.entry_id, None)
+            if self._gate is not None:
+                self._gate.forget(entry.entry_id)
             self._slot_free.set()
 
-    async def _reply(self, done: _Done) -> None:
-        """Write the reply, then acknowledge; retry a write Redis refused until the deadline.
-
-        Meanwhile the entry stays in flight, so its lease is renewed and nobody else runs
-        it. Past the caller's deadline nobody waits for the reply: the entry is left
-        pending, to be reclaimed and answered (or dead-lettered) like any entry of a
-        worker that failed.
-        """
-        while True:
-            try:
-                if await self._writes.submit(done):
-                    self._retry_reply.succeeded()
-                    return
-                failure: BaseException = RuntimeError("Redis refused the reply")
-            except REDIS_ERRORS as exc:
-                failure = exc
-            if time.time() >= done.deadline:
-                log.error(
-                    "giving up writing the reply for %r of %r: %s",
-                    done.entry.entry_id,
-                    self.config.service,
-                    failure,
-                )
-                return
-            await self._retry_reply.pause(failure)
-
-    async def _answer(self, entry: Entry) -> _Done | None:
+    async def _answer(self, entry: Entry) -> Done | None:
         cfg = self.config
         try:
             env = Envelope.decode(entry.raw or b"")
@@ -361,7 +334,7 @@ class Worker:
             address = reply_address(entry.raw or b"")
             if address is None:
                 return None
-            return _Done(entry, address[1], encode_error(address[0], exc))
+            return Done(entry, address[1], encode_error(address[0], exc))
         if entry.deliveries > cfg.max_deliveries:
             err = DeadLetteredError(
                 f"request delivered {entry.deliveries - 1} times without an answer; dead-lettered",
@@ -372,31 +345,33 @@ class Worker:
                 },
             )
             await self._dead_letter(entry, err)
-            return _Done(entry, env.reply_to, encode_error(env.id, err))
+            return Done(entry, env.reply_to, encode_error(env.id, err))
         deadline = self._deadline_of(entry, env)
         if time.time() >= deadline:
             err = RpcTimeoutError(
                 "deadline passed before the request was run",
                 data={"service": cfg.service, "method": env.method},
             )
-            return _Done(entry, env.reply_to, encode_error(env.id, err))
+            return Done(entry, env.reply_to, encode_error(env.id, err))
 
         if env.reply_to is None:
             return await self._answer_valid(entry, env, deadline)
-        if self._cancelled.pop((env.reply_to, env.id), None) is not None:
+        index = self._cancellation
+        if index.cancelled_before_running(env.reply_to, env.id):
             return self._cancelled_done(entry, env, None, deadline)
-        self._track(entry, env)
+        index.track(entry.entry_id, env.reply_to, env.id, env.idempotency_key)
         try:
             return await self._answer_valid(entry, env, deadline)
         except asyncio.CancelledError:
-            if entry.entry_id not in self._cancel_requested or self._stopping.is_set():
+            if not index.requested(entry.entry_id) or self._stopping.is_set():
                 raise
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            return self._cancelled_done(entry, env, self._claimed.get(entry.entry_id), deadline)
+            claimed = self._gate.claimed(entry.entry_id) if self._gate else None
+            return self._cancelled_done(entry, env, claimed, deadline)
         finally:
-            self._untrack(entry, env)
+            index.untrack(entry.entry_id, env.reply_to, env.id, env.idempotency_key)
 
     def _deadline_of(self, entry: Entry, env: Envelope) -> float:
         """The request's deadline on this worker's clock.
@@ -417,20 +392,19 @@ class Worker:
             return min(env.deadline, now + MAX_TIMEOUT)
         return now + min(self.config.default_timeout, MAX_TIMEOUT)
 
-    async def _answer_valid(self, entry: Entry, env: Envelope, deadline: float) -> _Done:
+    async def _answer_valid(self, entry: Entry, env: Envelope, deadline: float) -> Done:
         store_key = None
         digest = b""
-        if env.idempotency_key is not None:
-            key = self.queue.keys.result(env.idempotency_key)
-            digest = replies.fingerprint(env.method, env.params)
-            stored = await self._claim_key(key, digest, entry, deadline)
+        if env.idempotency_key is not None and self._gate is not None:
+            key, digest, stored = await self._gate.claim(
+                env.idempotency_key, env.method, env.params, entry.entry_id, deadline
+            )
             if isinstance(stored, bytes):
-                return _Done(entry, env.reply_to, retag_reply(stored, env.id), deadline=deadline)
+                return Done(entry, env.reply_to, retag_reply(stored, env.id), deadline=deadline)
             if isinstance(stored, RpcError):
-                return _Done(entry, env.reply_to, encode_error(env.id, stored), deadline=deadline)
-            store_key = key
+                return Done(entry, env.reply_to, encode_error(env.id, stored), deadline=deadline)
             # Ours now: a cancel from here on releases it (see _cancelled_done).
-            self._claimed[entry.entry_id] = key
+            store_key = key
 
         call = CallInfo(
             request_id=env.id,
@@ -445,62 +419,33 @@ class Worker:
         try:
             payload, keep = await self._invoke(env, call, deadline)
         finally:
-            self._markers.pop(entry.entry_id, None)
+            if store_key is not None and self._gate is not None:
+                self._gate.ran(entry.entry_id)
         if store_key is not None and keep:
             payload_stored = replies.stored_value(digest, payload)
-            return _Done(entry, env.reply_to, payload, store_key, keep, deadline, payload_stored)
-        return _Done(entry, env.reply_to, payload, store_key, keep, deadline)
+            return Done(entry, env.reply_to, payload, store_key, keep, deadline, payload_stored)
+        return Done(entry, env.reply_to, payload, store_key, keep, deadline)
 
     # -- cancellation --------------------------------------------------------------------
 
-    def _track(self, entry: Entry, env: Envelope) -> None:
-        self._by_request[(env.reply_to, env.id)] = entry.entry_id
-        if env.idempotency_key is not None:
-            self._by_key.setdefault((env.reply_to, env.idempotency_key), set()).add(entry.entry_id)
-
-    def _untrack(self, entry: Entry, env: Envelope) -> None:
-        self._by_request.pop((env.reply_to, env.id), None)
-        self._claimed.pop(entry.entry_id, None)
-        self._cancel_requested.discard(entry.entry_id)
-        if env.idempotency_key is not None:
-            group = self._by_key.get((env.reply_to, env.idempotency_key))
-            if group is not None:
-                group.discard(entry.entry_id)
-                if not group:
-                    del self._by_key[(env.reply_to, env.idempotency_key)]
-
     def _cancelled_done(
         self, entry: Entry, env: Envelope, claimed_key: str | None, deadline: float
-    ) -> _Done:
+    ) -> Done:
         self.cancelled += 1
         err = CancelledError(
             "the caller cancelled the request",
             data={"service": self.config.service, "method": env.method},
         )
         # keep=False releases the idempotency key this request held, so a waiting repeat runs.
-        return _Done(entry, env.reply_to, encode_error(env.id, err), claimed_key, False, deadline)
+        return Done(entry, env.reply_to, encode_error(env.id, err), claimed_key, False, deadline)
 
     def _on_cancel(self, note: Notification) -> None:
         if note.method != cancelling.METHOD:
             return
-        now = time.monotonic()
-        for item in cancelling.parse(note.params):
-            targets: set[bytes] = set()
-            if item.request_id is not None:
-                entry_id = self._by_request.get((item.reply_to, item.request_id))
-                if entry_id is not None:
-                    targets.add(entry_id)
-                else:
-                    self._cancelled[(item.reply_to, item.request_id)] = now + CANCEL_MEMORY
-            if item.idempotency_key is not None:
-                targets |= self._by_key.get((item.reply_to, item.idempotency_key), set())
-            for entry_id in targets:
-                task = self._inflight.get(entry_id)
-                if task is not None and entry_id not in self._cancel_requested:
-                    self._cancel_requested.add(entry_id)
-                    task.cancel()
-        if len(self._cancelled) > 1000 or (self._cancelled and now > min(self._cancelled.values())):
-            self._cancelled = {k: t for k, t in self._cancelled.items() if t > now}
+        for entry_id in self._cancellation.apply(
+            cancelling.parse(note.params), lambda e: e in self._inflight
+        ):
+            self._inflight[entry_id].cancel()
 
     async def _invoke(self, env: Envelope, call: CallInfo, deadline: float) -> tuple[bytes, bool]:
         """The reply, and whether a repeat of the request may be answered with it.
@@ -545,40 +490,6 @@ class Worker:
         finally:
             current_call.reset(token)
 
-    async def _claim_key(
-        self, key: str, digest: bytes, entry: Entry, deadline: float
-    ) -> bytes | RpcError | None:
-        """None: run the handler. bytes: the stored reply. RpcError: refused or gave up.
-
-        The key is bound to the request (method and params): a different request reusing
-        it is refused, as payment APIs do, rather than answered with someone else's reply.
-        While the first request runs its marker's lease is renewed with its entry's (see
-        _lease_loop), so a repeat waits for that run's reply however long it takes.
-        """
-        marker = replies.running_marker(digest, entry.entry_id)
-        lease = self.config.reclaim_after * 2
-        wait = 0.02
-        while True:
-            stored = await replies.claim_idempotency(self.redis, key, marker, lease)
-            if stored is None or stored == marker:
-                self._markers[entry.entry_id] = (key, marker)
-                return None
-            running, bound_to, rest = replies.read_claim(stored)
-            if bound_to is not None and bound_to != digest:
-                return InvalidRequestError(
-                    "idempotency key already used for a different request",
-                    data={"idempotency_key": key.rpartition(":result:")[2]},
-                )
-            if not running:
-                return rest
-            # The same request is running elsewhere: wait for its reply, not run it twice.
-            if time.time() >= deadline:
-                return RpcTimeoutError(
-                    "an earlier request with this idempotency key is still running"
-                )
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, 0.25)
-
     async def _dead_letter(self, entry: Entry, err: RpcError) -> None:
         log.error("dead-lettering %r of %r: %s", entry.entry_id, self.config.service, err)
         try:
@@ -586,54 +497,7 @@ class Worker:
         except Stopped:
             log.warning("stopping before %r could be dead-lettered", entry.entry_id)
 
-    # -- replies and acks ----------------------------------------------------------------
-
-    async def _write(self, batch: list[_Done]) -> list[bool]:
-        """Replies (and stored results) in one pipeline, then acks for those written."""
-        cfg = self.config
-        with_reply = [d for d in batch if d.reply_to is not None and d.payload is not None]
-        stored = [
-            (d.store_key, d.stored if d.keep else None, cfg.idempotency_ttl)
-            for d in batch
-            if d.store_key
-        ]
-        # One attempt each: _reply retries (with backoff, until the caller's deadline)
-        # what is not written; a reply written twice is dropped by its client.
-        ok = await replies.push(
-            self._writer,
-            [(d.reply_to, d.payload) for d in with_reply],
-            stored,
-            ttl=cfg.reply_ttl,
-        )
-        written = {id(d) for d, good in zip(with_reply, ok, strict=True) if good}
-        finished = [d.reply_to is None or id(d) in written for d in batch]
-        done = [d.entry for d, fin in zip(batch, finished, strict=True) if fin]
-        await self._writer_queue.finish(
-            [e.entry_id for e in done], sum(len(e.raw) for e in done if e.raw)
-        )
-        self.processed += sum(finished)
-        return finished
-
     # -- leases, reclaiming, heartbeats ------------------------------------------------------
-
-    async def _lease_loop(self) -> None:
-        interval = max(self.config.reclaim_after / 3, 0.05)
-        while True:
-            await asyncio.sleep(interval)
-            if self._inflight:
-                try:
-                    await self._renew()
-                except REDIS_ERRORS as exc:
-                    await self._retry_lease.pause(exc)
-                else:
-                    self._retry_lease.succeeded()
-
-    async def _renew(self) -> None:
-        """Renew the leases of entries in flight, and of the idempotency keys they hold."""
-        await self.queue.renew(self.consumer, list(self._inflight))
-        markers = list(self._markers.values())
-        if markers:
-            await replies.renew_claims(self.redis, markers, self.config.reclaim_after * 2)
 
     async def _reclaim_loop(self) -> None:
         interval = max(self.config.reclaim_after / 2, 0.05)
@@ -745,7 +609,7 @@ def service_of(target: Any, service: str | None = None) -> str:
 
 
 async def run_worker(
-    target: Any,
+    target: Servable,
     *,
     service: str | None = None,
     url: str | None = None,
@@ -762,9 +626,9 @@ async def run_worker(
     url = resolve_url(url)
     name = service_of(target, service)
     host = ServiceHost(url, service=name, threads=options.get("concurrency", 16))
-    if hasattr(target, "runtime"):
+    if isinstance(target, HostAware):
         target.runtime = host
-    if hasattr(target, "service"):
+    if isinstance(target, ServiceAware):
         # Served under this name: its notifications go to this service's clients.
         target.service = name
     await _hook(target, "on_start")
