@@ -140,4 +140,3 @@ async def test_the_lease_keeper_renews_entries_in_flight(redis):
     assert await queue.reclaimable(300)
     await keeper.renew()
     assert not await queue.reclaimable(300)
-
