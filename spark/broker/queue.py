@@ -103,6 +103,11 @@ class ServiceQueue:
                 GROUP, consumer, {self.keys.requests: ">"}, count=count, block=block_ms
             )
         except ResponseError as exc:
+            if str(exc).startswith("UNBLOCKED"):
+                # The stream left this node while we waited (its slot moved to another shard
+                # of a cluster, it was deleted, the node was demoted): read again, wherever
+                # it is now (a NOGROUP or READONLY answer then says what became of it).
+                return []
             if not group_lost(exc):
                 raise
             # The stream (and its group) was deleted under us: DEL, FLUSHALL, a Redis without

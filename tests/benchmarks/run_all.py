@@ -10,12 +10,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench_cluster
 import bench_perf
 import bench_state
 
 BENCHMARKS = [
     ("performance table (issue 15)", bench_perf.main),
     ("GraphState on Redis (issue 6)", bench_state.main),
+    ("Redis Cluster: services over 3 shards vs one Redis (issue 13)", bench_cluster.main),
 ]
 
 
