@@ -24,6 +24,8 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
+    retry_if_result,
+    stop_after_delay,
     stop_never,
     wait_random_exponential,
 )
@@ -213,6 +215,25 @@ class Backoff:
                 await self.stopping.wait()
         except TimeoutError:
             pass
+
+
+async def until_not_none(
+    fn: Callable[[], Awaitable[T | None]], *, within: float, base: float, max_wait: float
+) -> T | None:
+    """`await fn()` again, with the same jittered exponential waits, while it answers None
+    (something is busy: a lock held); None once `within` seconds passed. Errors propagate."""
+
+    def gave_up(state: RetryCallState) -> None:
+        return None
+
+    retrying = AsyncRetrying(
+        retry=retry_if_result(lambda result: result is None),
+        wait=wait_random_exponential(multiplier=base, max=max_wait),
+        stop=stop_after_delay(within),
+        before_sleep=lambda state: reraise_cancellation(),
+        retry_error_callback=gave_up,
+    )
+    return await retrying(fn)
 
 
 def while_unreachable(max_wait: float = 2.0) -> AsyncRetrying:

@@ -109,3 +109,19 @@ async def test_cancellation_is_never_swallowed():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_until_not_none_waits_for_an_answer_and_gives_up_in_time():
+    from spark.broker.retrying import until_not_none
+
+    answers = iter([None, None, "free"])
+
+    async def busy_then_free():
+        return next(answers)
+
+    assert await until_not_none(busy_then_free, within=10, base=0.001, max_wait=0.001) == "free"
+
+    async def always_busy():
+        return None
+
+    assert await until_not_none(always_busy, within=0.05, base=0.001, max_wait=0.01) is None
