@@ -31,6 +31,7 @@ from spark.runtime.edge.config import EdgeConfig
 from spark.runtime.edge.core import Edge, request_options, valid_service
 from spark.runtime.edge.security import server_ssl_context
 from spark.runtime.edge.websocket import serve_websocket
+from spark.runtime.metrics import CONTENT_TYPE
 
 log = logging.getLogger("spark.edge")
 
@@ -132,7 +133,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
         return _unauthorized()
     return web.Response(
         body=edge.metrics.render(),
-        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        headers={"Content-Type": CONTENT_TYPE},
     )
 
 
