@@ -171,6 +171,7 @@ def replay_envelope(letter: DeadLetter, timeout: float, now: float | None = None
         state=env.state,
         enqueued_at=now,
         client=None,
+        trace=env.trace,
     ).encode()
 
 

@@ -2,7 +2,8 @@
 
 A stream entry has one field, `e`, holding the envelope as JSON. The envelope carries our
 own request id (unique per client; the caller's JSON-RPC id never leaves the caller), the
-client to reply to, the absolute deadline, and optional idempotency key and state namespace.
+client to reply to, the absolute deadline, optional idempotency key and state namespace, and
+the caller's W3C trace context (`trace`: `{"traceparent": ..., "tracestate": ...}`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Envelope:
     #: Client that notifications about this call target (a WebSocket connection behind the
     #: edge); None means `reply_to`.
     client: str | None = None
+    #: The caller's W3C trace context (spark.tracing); None when it sent none.
+    trace: dict[str, str] | None = None
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {"id": self.id, "method": self.method}
@@ -49,6 +52,8 @@ class Envelope:
             doc["enqueued_at"] = self.enqueued_at
         if self.client is not None:
             doc["client"] = self.client
+        if self.trace is not None:
+            doc["trace"] = self.trace
         return orjson.dumps(doc)
 
     @classmethod
@@ -73,6 +78,10 @@ class Envelope:
             value = doc.get(name)
             if value is not None and not isinstance(value, str):
                 raise InvalidRequestError(f"{name} must be a string")
+        trace = doc.get("trace")
+        if trace is not None and not isinstance(trace, dict):
+            # Tracing is best effort: a foreign producer's odd value costs the trace only.
+            trace = None
         return cls(
             id=rid,
             method=method,
@@ -83,6 +92,7 @@ class Envelope:
             state=doc.get("state"),
             enqueued_at=doc.get("enqueued_at"),
             client=doc.get("client"),
+            trace=trace,
         )
 
 

@@ -5,21 +5,22 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from spark import logs
 from spark.broker.connection import CLI_DEFAULT_URL, ENV_URL
 
 
-def setup_logging(level: str | None = None) -> None:
-    logging.basicConfig(
-        level=(level or os.environ.get("SPARK_LOG_LEVEL") or "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
+def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
+    """Text or JSON lines (`--log-format`, `$SPARK_LOG_FORMAT`); see spark.logs."""
+    try:
+        logs.setup_logging(level, fmt)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def cli_redis_url(explicit: str | None) -> str:

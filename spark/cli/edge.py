@@ -18,6 +18,7 @@ from pathlib import Path
 
 from spark.broker.connection import describe
 from spark.cli.common import cli_redis_url, install_stop_signals, setup_logging
+from spark.logs import add_format_argument
 from spark.runtime.edge import EdgeConfig, run_edge
 
 _DEFAULTS = EdgeConfig()
@@ -103,6 +104,7 @@ def parser() -> argparse.ArgumentParser:
         help="serve /metrics without a token even when tokens are configured",
     )
     p.add_argument("--log-level", default=None)
+    add_format_argument(p)
     return p
 
 
@@ -146,7 +148,7 @@ async def _serve(config: EdgeConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         config = config_from(args)
     except (ValueError, OSError) as exc:

@@ -34,6 +34,7 @@ from spark.broker.keys import check_name
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.cli.common import cli_redis_url, install_stop_signals, load_target, setup_logging
 from spark.errors import RpcError, ServiceUnavailableError, TransportError
+from spark.logs import add_format_argument
 
 PROG = "spark"
 REDIS_HELP = "broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0)"
@@ -259,6 +260,7 @@ def parser() -> argparse.ArgumentParser:
         "--concurrency", type=_positive(int), default=16, help="per worker (default %(default)s)"
     )
     v.add_argument("--log-level", default=None)
+    add_format_argument(v)
     return p
 
 
@@ -555,7 +557,7 @@ async def _dlq_purge(args: argparse.Namespace, redis) -> int:
 def run_dev_command(args: argparse.Namespace) -> int:
     from spark.runtime.dev import DevServer, run_dev
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     nodes = [load_target(t) for t in args.targets]
 
     def announce(server: DevServer) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from spark.broker import connect, registry
 from spark.broker.connection import describe
 from spark.broker.keys import ServiceKeys
 from spark.cli.common import cli_redis_url, install_stop_signals, load_target, setup_logging
-from spark.runtime.supervisor import Supervisor
+from spark.logs import add_format_argument
+from spark.runtime.supervisor import INDEX_ENV, Supervisor
 from spark.runtime.worker import WorkerConfig, run_worker, service_of
 
 _DEFAULTS = WorkerConfig(service="-")
@@ -73,7 +75,19 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 when a live worker of the service has a fresh heartbeat, else 1",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on PORT (off by default); with --processes N, "
+        "process i serves on PORT+i",
+    )
+    p.add_argument(
+        "--metrics-host", default="0.0.0.0", help="address for --metrics-port (default %(default)s)"
+    )
     p.add_argument("--log-level", default=None)
+    add_format_argument(p)
     return p
 
 
@@ -103,7 +117,16 @@ async def _serve(target, args, url: str) -> None:
         max_deliveries=args.max_deliveries,
         grace=args.grace,
         heartbeat_interval=args.heartbeat,
+        metrics_port=_metrics_port(args.metrics_port),
+        metrics_host=args.metrics_host,
     )
+
+
+def _metrics_port(port: int | None) -> int | None:
+    """--metrics-port, shifted by this process's slot under a supervisor."""
+    if port is None or port == 0:
+        return port
+    return port + int(os.environ.get(INDEX_ENV) or 0)
 
 
 async def _supervise(argv: list[str], args) -> int:
@@ -115,7 +138,7 @@ async def _supervise(argv: list[str], args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     url = cli_redis_url(args.redis)
     target = load_target(args.target)
     service = service_of(target, args.service)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -18,6 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from spark import tracing
 from spark.aio import Batcher, cancel_and_wait
 from spark.broker import (
     UNREACHABLE,
@@ -198,6 +200,9 @@ class BrokerClient:
         if require_workers:
             await self._require_workers(service)
         rid = request_id or self.next_id()
+        span, trace = (
+            tracing.start_client(service, method, rid) if tracing.ENABLED else (None, None)
+        )
         env = Envelope(
             id=rid,
             method=method,
@@ -208,6 +213,7 @@ class BrokerClient:
             state=state,
             enqueued_at=time.time(),
             client=client_id,
+            trace=trace,
         )
         waiting = remaining if wait is None else max(0.0, min(wait, remaining))
         loop = asyncio.get_running_loop()
@@ -231,6 +237,8 @@ class BrokerClient:
             raise
         finally:
             self._pending.pop(rid, None)
+            if span is not None:
+                tracing.end_client(span, sys.exception())
 
     def cancel(
         self, service: str, request_id: str | None = None, idempotency_key: str | None = None
@@ -281,6 +289,7 @@ class BrokerClient:
             idempotency_key=idempotency_key,
             state=state,
             enqueued_at=time.time(),
+            trace=tracing.inject() if tracing.ENABLED else None,
         )
         await self._enqueue(service, env.encode())
 

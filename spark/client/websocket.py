@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from spark import tracing
 from spark.client.http import CONNECTION_ERRORS, _Base, remaining
 from spark.client.transport import Call, CallOutcome
 from spark.errors import RpcConnectionError, RpcError, RpcTimeoutError, UnauthorizedError
@@ -56,6 +57,10 @@ def _request_doc(
     extra: dict[str, Any] = {"timeout": round(max(deadline - time.time(), 0.001), 3)}
     if idempotency_key:
         extra["idempotency_key"] = idempotency_key
+    if tracing.ENABLED:
+        trace = tracing.inject()
+        if trace is not None:
+            extra["trace"] = trace
     doc[SPARK_MEMBER] = extra
     return doc
 

@@ -15,14 +15,14 @@ Series of a worker (`spark-worker --metrics-port`; every series has a `service` 
   as of the last heartbeat.
 
 Each worker (and each edge) has its own `CollectorRegistry`, so several of them can live in
-one process (tests, `spark dev`) without clashing. Label children are cached: counting a
-call costs a dict lookup and an increment, not `labels()` with its lock.
+one process (tests, `spark dev`) without clashing. The edge counts through prometheus-client
+with cached label children (a dict lookup and an increment, not `labels()` with its lock);
+a worker counts in its CallStats and is read from them when scraped.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -34,9 +34,16 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
-#: Latency buckets in seconds (+Inf is implied), shared by the edge and the workers.
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+from spark.runtime.callstats import BUCKETS, CallStats
+
 #: Distinct method labels kept per service; the rest are counted as "_other".
 MAX_METHODS_PER_SERVICE = 100
 OTHER = "_other"
@@ -135,74 +142,88 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-class WorkerMetrics:
-    """What one worker counts; `serve(port)` exposes it over HTTP (a thread of
-    prometheus-client's, so a scrape never waits on the event loop)."""
+class WorkerMetrics(Collector):
+    """The Prometheus view of one worker: read from its CallStats when scraped.
 
-    def __init__(self, service: str) -> None:
+    Nothing is counted here: the worker counts in place (spark.runtime.callstats) for its
+    heartbeats anyway, so exposing metrics costs a request nothing. `serve(port)` answers
+    scrapes from a thread of prometheus-client's, so a scrape never waits on the event loop.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        stats: CallStats,
+        inflight: Callable[[], int],
+        backlog: Callable[[], int | None],
+    ) -> None:
         self.service = service
+        self.stats = stats
+        self._inflight = inflight
+        self._backlog = backlog
         self.registry = CollectorRegistry()
-        r, s = self.registry, ("service",)
-        self.calls = counter(
-            r, "spark_worker_calls_total", "Requests answered.", ("service", "method", "code")
+        self.registry.register(self)
+        self._server: Any = None
+
+    def collect(self) -> Iterator[Metric]:
+        svc = self.service
+        stats = self.stats
+        calls = CounterMetricFamily(
+            "spark_worker_calls", "Requests answered.", labels=("service", "method", "code")
         )
-        self.seconds = histogram(
-            r,
+        seconds = HistogramMetricFamily(
             "spark_worker_handler_seconds",
             "Seconds from the start of a handler to its answer.",
-            ("service", "method"),
+            labels=("service", "method"),
         )
-        self._inflight = Gauge(
-            "spark_worker_inflight", "Handlers running now.", s, registry=r
-        ).labels(service)
-        self.reclaimed = counter(
-            r, "spark_worker_reclaimed_total", "Entries taken over from dead workers.", s
+        for method, m in list(stats.methods.items()):
+            for code, n in list(m.codes.items()):
+                calls.add_metric((svc, method, code), n)
+            running, cumulative = 0, []
+            for bound, n in zip((*BUCKETS, "+Inf"), list(m.buckets), strict=True):
+                running += n
+                cumulative.append((str(bound) if bound == "+Inf" else repr(float(bound)), running))
+            seconds.add_metric((svc, method), cumulative, m.seconds)
+        yield calls
+        yield seconds
+        for name, help, value in (
+            ("spark_worker_reclaimed", "Entries taken over from dead workers.", stats.reclaimed),
+            ("spark_worker_retries", "Entries run again (delivered before).", stats.retries),
+            (
+                "spark_worker_dead_lettered",
+                "Entries moved to the dead-letter stream.",
+                stats.dead_lettered,
+            ),
+            ("spark_worker_cancelled", "Requests cancelled by their callers.", stats.cancelled),
+        ):
+            family = CounterMetricFamily(name, help, labels=("service",))
+            family.add_metric((svc,), value)
+            yield family
+        inflight = GaugeMetricFamily(
+            "spark_worker_inflight", "Handlers running now.", labels=("service",)
         )
-        self.retries = counter(
-            r, "spark_worker_retries_total", "Entries run again (delivered before).", s
-        )
-        self.dead_lettered = counter(
-            r, "spark_worker_dead_lettered_total", "Entries moved to the dead-letter stream.", s
-        )
-        self.cancelled = counter(
-            r, "spark_worker_cancelled_total", "Requests cancelled by their callers.", s
-        )
-        self.backlog = gauge(
-            r, "spark_worker_backlog", "Entries of the request stream not finished.", s
-        )
-        self._methods = MethodLabels()
-        #: (method, code) -> (calls child, seconds child): one lookup per answered request.
-        self._per_call: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-
-    def track_inflight(self, read: Callable[[], float]) -> None:
-        """The in-flight gauge reads `read()` at scrape time (nothing to count per call)."""
-        self._inflight.set_function(read)
-
-    def call(self, method: str, code: str, seconds: float) -> None:
-        pair = self._per_call.get((method, code))
-        if pair is None:
-            label = self._methods(self.service, method)
-            pair = (
-                self.calls.child(self.service, label, code),
-                self.seconds.child(self.service, label),
+        inflight.add_metric((svc,), self._inflight())
+        yield inflight
+        backlog = self._backlog()
+        if backlog is not None:
+            family = GaugeMetricFamily(
+                "spark_worker_backlog",
+                "Entries of the request stream not finished (at the last heartbeat).",
+                labels=("service",),
             )
-            if len(self._per_call) < 4 * MAX_METHODS_PER_SERVICE:
-                self._per_call[(method, code)] = pair
-        pair[0].inc()
-        pair[1].observe(seconds)
+            family.add_metric((svc,), backlog)
+            yield family
 
     def render(self) -> bytes:
         return render(self.registry)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Listen for scrapes on `host:port` (0 picks a free port); returns the port."""
-        self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        self._server, _thread = start_http_server(port, host, registry=self.registry)
         return self._server.server_port
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+            server, self._server = self._server, None
+            server.shutdown()
+            server.server_close()

@@ -57,7 +57,10 @@ from spark.errors import (
     RpcError,
     RpcTimeoutError,
 )
+from spark.runtime.discovery import answering_discover
 from spark.runtime.host import ServiceHost
+from spark.runtime.metrics import WorkerMetrics
+from spark.runtime.observe import WorkerObserver
 
 log = logging.getLogger("spark.worker")
 
@@ -89,6 +92,9 @@ class WorkerConfig:
     #: Deadline given to envelopes that arrive without one (written by a foreign producer).
     default_timeout: float = 300.0
     read_block_ms: int = 1000
+    #: Port answering Prometheus scrapes (0 picks a free one); None serves no metrics.
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
     consumer: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -138,6 +144,11 @@ class Worker:
         self.processed = 0
         self.failed = 0
         self.started_at = time.time()
+        #: Counts, latencies, spans and request log lines of answered requests.
+        self.observer = WorkerObserver(config.service, config.consumer)
+        self.metrics: WorkerMetrics | None = None
+        #: Entries of the request stream not finished, at the last heartbeat (with metrics).
+        self.backlog: int | None = None
 
     @property
     def consumer(self) -> str:
@@ -179,6 +190,12 @@ class Worker:
             self.url, self._on_cancel, channels=[self.queue.keys.cancel]
         )
         await self._cancels.start(timeout=5.0)
+        if cfg.metrics_port is not None:
+            self.metrics = WorkerMetrics(
+                cfg.service, self.observer.stats, lambda: len(self._inflight), lambda: self.backlog
+            )
+            port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+            log.info("worker %s metrics on port %d", self.consumer, port)
         log.info(
             "worker %s serving %r (concurrency %d)", self.consumer, cfg.service, cfg.concurrency
         )
@@ -200,6 +217,8 @@ class Worker:
             await self._cancels.aclose()
             with contextlib.suppress(*UNREACHABLE):
                 await registry.leave(self.redis, self.queue.keys, self.consumer)
+            if self.metrics is not None:
+                self.metrics.close()
             for client in (self._reader, self._writer, self.redis):
                 await client.aclose()
             log.info("worker %s stopped after %d requests", self.consumer, self.processed)
@@ -371,7 +390,7 @@ class Worker:
             state_namespace=env.state,
             delivery=entry.deliveries,
         )
-        payload, keep = await self._invoke(env, call, deadline)
+        payload, keep = await self.observer.run(env, call, self._invoke(env, call, deadline))
         return _Done(entry, env.reply_to, payload, store_key, keep, deadline)
 
     # -- cancellation --------------------------------------------------------------------
@@ -396,6 +415,7 @@ class Worker:
         self, entry: Entry, env: Envelope, claimed_key: str | None, deadline: float
     ) -> _Done:
         self.cancelled += 1
+        self.observer.stats.cancelled += 1
         err = CancelledError(
             "the caller cancelled the request",
             data={"service": self.config.service, "method": env.method},
@@ -487,6 +507,7 @@ class Worker:
 
     async def _dead_letter(self, entry: Entry, err: RpcError) -> None:
         log.error("dead-lettering %r of %r: %s", entry.entry_id, self.config.service, err)
+        self.observer.stats.dead_lettered += 1
         async for attempt in while_unreachable():
             with attempt:
                 await self.queue.dead_letter(entry, err.to_dict(), self.consumer)
@@ -563,6 +584,7 @@ class Worker:
             if not entries:
                 return
             entry = entries[0]
+            self.observer.stats.reclaimed += 1
             log.warning(
                 "reclaimed %r of %r (delivery %d), running it alone",
                 entry.entry_id,
@@ -574,6 +596,9 @@ class Worker:
 
     async def _beat(self) -> None:
         cfg = self.config
+        stats = self.observer.stats
+        if self.metrics is not None:
+            self.backlog = (await self.queue.stats())["backlog"]
         await registry.beat(
             self.redis,
             self.queue.keys,
@@ -589,6 +614,9 @@ class Worker:
                 "failed": self.failed,
                 "cancelled": self.cancelled,
                 "started_at": self.started_at,
+                "reclaimed": stats.reclaimed,
+                "dead_lettered": stats.dead_lettered,
+                "methods": stats.snapshot(),
             },
         )
 
@@ -650,7 +678,8 @@ async def run_worker(
         # Served under this name: its notifications go to this service's clients.
         target.service = name
     await _hook(target, "on_start")
-    worker = Worker(target.handle_rpc, WorkerConfig(service=name, **options), url)
+    handler = answering_discover(target.handle_rpc, target, name)
+    worker = Worker(handler, WorkerConfig(service=name, **options), url)
     serving = asyncio.create_task(worker.serve())
     try:
         started = asyncio.create_task(worker.ready.wait())

@@ -141,7 +141,7 @@ async def test_notification_gets_204_and_still_runs(edge, http, redis_url):
         (b'{"jsonrpc": "2.0", "method": 5, "id": 1}', -32600),
         (b'{"jsonrpc": "2.0", "method": "echo", "params": "x", "id": 1}', -32600),
         (b'{"jsonrpc": "2.0", "method": "missing", "id": 1}', -32601),
-        (b'{"jsonrpc": "2.0", "method": "rpc.discover", "id": 1}', -32601),
+        (b'{"jsonrpc": "2.0", "method": "rpc.other", "id": 1}', -32601),
         (b'{"jsonrpc": "2.0", "method": "fail", "id": 1}', -32603),
         (b"[" + b"[" * 200 + b"]" * 200 + b"]", -32007),
     ],

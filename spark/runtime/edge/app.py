@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import PayloadEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from spark import tracing
 from spark.errors import (
     InternalError,
     MethodNotFoundError,
@@ -106,6 +107,7 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
         ),
         idempotency_key=request.headers.get("Idempotency-Key") or None,
         options=request_options(data, parsed),
+        trace=tracing.carrier_of(request.headers) if tracing.ENABLED else None,
     )
     if body is None:
         return web.Response(status=204)

@@ -5,8 +5,9 @@ caller's JSON-RPC ids stay here: the broker uses its own request ids and `encode
 puts the caller's ids back. A batch's requests run concurrently.
 
 A request object may carry an extra member `"spark": {"timeout": seconds, "idempotency_key":
-key}` (the WebSocket transport sends it on every call; JSON-RPC ignores unknown members): its
-own budget (never more than the edge allows) and key. It is read only when present.
+key, "trace": {"traceparent": ...}}` (the WebSocket transport sends it on every call; JSON-RPC
+ignores unknown members): its own budget (never more than the edge allows), key and W3C trace
+context. It is read only when present. Plain HTTP clients send `traceparent` headers.
 
 When the caller goes away (an HTTP client disconnects, a WebSocket closes), requests still
 running are cancelled on the workers, except those with an idempotency key: a client may
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis.asyncio as aioredis
 
+from spark import tracing
 from spark.broker import UNREACHABLE, connect, registry, resolve_url
 from spark.broker.keys import NOTIFY_PATTERN, ServiceKeys, check_name
 from spark.broker.notify import Notification, NotificationListener
@@ -40,6 +42,7 @@ from spark.protocol import Parsed, Request, Response, encode_reply, parse_body
 from spark.runtime.edge.config import EdgeConfig
 from spark.runtime.edge.metrics import EdgeMetrics
 from spark.runtime.edge.security import TokenCheck
+from spark.tracing import valid_carrier
 
 if TYPE_CHECKING:
     from spark.runtime.edge.websocket import WsConnection
@@ -52,8 +55,8 @@ MAX_IDEMPOTENCY_KEY = 200
 SPARK_MEMBER = "spark"
 _SPARK_MEMBER_BYTES = f'"{SPARK_MEMBER}"'.encode()
 
-#: Per request: its own timeout (seconds) and idempotency key, each None when not given.
-RequestOptions = tuple[float | None, str | None]
+#: Per request: its own timeout (seconds), idempotency key and trace context, None when not given.
+RequestOptions = tuple[float | None, str | None, dict[str, str] | None]
 
 
 def request_options(data: bytes | str, parsed: Parsed) -> list[RequestOptions] | None:
@@ -80,7 +83,7 @@ def request_options(data: bytes | str, parsed: Parsed) -> list[RequestOptions] |
         if not isinstance(item, Request):
             continue
         member = item_doc.get(SPARK_MEMBER) if isinstance(item_doc, dict) else None
-        timeout = key = None
+        timeout = key = trace = None
         if isinstance(member, dict):
             value = member.get("timeout")
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -89,7 +92,8 @@ def request_options(data: bytes | str, parsed: Parsed) -> list[RequestOptions] |
             value = member.get("idempotency_key")
             if isinstance(value, str) and 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
                 key = value
-        options.append((timeout, key))
+            trace = valid_carrier(member.get("trace"))
+        options.append((timeout, key, trace))
     return options
 
 
@@ -206,10 +210,12 @@ class Edge:
         idempotency_key: str | None = None,
         client_id: str | None = None,
         options: list[RequestOptions] | None = None,
+        trace: dict[str, str] | None = None,
     ) -> bytes | None:
         """The reply body for `parsed` (None when nothing is to be sent back).
 
-        `options` (from `request_options`) gives requests their own budget and key.
+        `options` (from `request_options`) gives requests their own budget, key and trace
+        context; `trace` is the W3C context of the whole body (HTTP headers).
         """
         for item in parsed.items:
             if isinstance(item, Response):
@@ -224,18 +230,18 @@ class Edge:
         if options is not None and len(options) != len(requests):
             options = None
 
-        def plan(i: int) -> tuple[float, str | None]:
+        def plan(i: int) -> tuple[float, str | None, dict[str, str] | None]:
             key = idempotency_key
             if key is not None and len(requests) > 1:
                 key = f"{key}:{i}"
             if options is None:
-                return deadline, key
-            own_timeout, own_key = options[i]
+                return deadline, key, trace
+            own_timeout, own_key, own_trace = options[i]
             if own_timeout is not None:
                 own_deadline = now + min(own_timeout, timeout)
             else:
                 own_deadline = deadline
-            return own_deadline, own_key or key
+            return own_deadline, own_key or key, own_trace or trace
 
         if len(requests) == 1:
             outcomes = [await self.one(service, requests[0], transport, *plan(0), client_id)]
@@ -262,10 +268,31 @@ class Edge:
         transport: str,
         deadline: float,
         idempotency_key: str | None,
+        trace: dict[str, str] | None,
         client_id: str | None,
     ) -> Any:
         """One request's outcome: a result or an exception (returned, never raised)."""
         assert self.client is not None
+        if tracing.ENABLED:
+            with tracing.server_span(
+                trace, service, req.method, req.id, name=f"edge {service}/{req.method}"
+            ) as span:
+                outcome = await self._one(
+                    service, req, transport, deadline, idempotency_key, client_id
+                )
+                span.answered(str(outcome.code) if isinstance(outcome, RpcError) else "ok")
+                return outcome
+        return await self._one(service, req, transport, deadline, idempotency_key, client_id)
+
+    async def _one(
+        self,
+        service: str,
+        req: Request,
+        transport: str,
+        deadline: float,
+        idempotency_key: str | None,
+        client_id: str | None,
+    ) -> Any:
         started = time.perf_counter()
         code = "ok"
         outcome: Any = None

@@ -1,0 +1,190 @@
+"""W3C trace context through every hop, with OpenTelemetry when it is installed.
+
+With `opentelemetry-api` importable (the `spark-rpc[otel]` extra), a call carries the
+caller's current context (`traceparent`, `tracestate`) in its envelope, HTTP headers or
+WebSocket message; the edge and the worker continue it, each with its own span, so client,
+edge and worker spans form one trace and calls made inside a handler continue it. Without
+the package (or with `SPARK_TRACING=off`) nothing is imported and every function here is a
+constant-time no-op: `ENABLED` is False and callers skip the work entirely.
+
+Spans follow the OpenTelemetry RPC semantic conventions: `rpc.system="jsonrpc"`,
+`rpc.service`, `rpc.method`, `rpc.jsonrpc.request_id`, and `rpc.jsonrpc.error_code` (with
+status ERROR) when the answer is an error. Spans are recorded only when the application
+configured an SDK `TracerProvider`; with the API alone the context still propagates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+#: Carrier keys of W3C trace context (HTTP header names, lower case).
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
+ENABLED = False
+if os.environ.get("SPARK_TRACING", "").lower() not in ("off", "0", "false", "no"):
+    try:
+        from opentelemetry import context as _context
+        from opentelemetry import propagate as _propagate
+        from opentelemetry import trace as _trace
+        from opentelemetry.trace import SpanKind as _SpanKind
+        from opentelemetry.trace import Status as _Status
+        from opentelemetry.trace import StatusCode as _StatusCode
+    except ImportError:
+        pass
+    else:
+        ENABLED = True
+
+_TRACER: Any = None
+
+
+def _tracer() -> Any:
+    global _TRACER
+    if _TRACER is None:
+        # A ProxyTracer until the application sets a provider; it follows that provider.
+        _TRACER = _trace.get_tracer("spark-rpc")
+    return _TRACER
+
+
+def inject() -> dict[str, str] | None:
+    """The current context as a W3C carrier, or None (no package, or no context to send)."""
+    if not ENABLED:
+        return None
+    carrier: dict[str, str] = {}
+    _propagate.inject(carrier)
+    return carrier or None
+
+
+def carrier_of(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """`traceparent` (and `tracestate`) of HTTP headers, or None when there is none."""
+    parent = headers.get(TRACEPARENT)
+    if not parent:
+        return None
+    carrier = {TRACEPARENT: parent}
+    state = headers.get(TRACESTATE)
+    if state:
+        carrier[TRACESTATE] = state
+    return carrier
+
+
+def valid_carrier(value: Any) -> dict[str, str] | None:
+    """A carrier received from outside (an envelope, a WebSocket message), or None."""
+    if not isinstance(value, dict):
+        return None
+    parent = value.get(TRACEPARENT)
+    if not isinstance(parent, str) or len(parent) > 128:
+        return None
+    carrier = {TRACEPARENT: parent}
+    state = value.get(TRACESTATE)
+    if isinstance(state, str) and len(state) <= 512:
+        carrier[TRACESTATE] = state
+    return carrier
+
+
+class Span:
+    """What a spark span lets its user do: record the answer's code."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Any) -> None:
+        self._span = span
+
+    def answered(self, code: str) -> None:
+        """`code` is "ok" or a JSON-RPC error code (as in the metrics)."""
+        if code != "ok" and self._span is not None and self._span.is_recording():
+            try:
+                self._span.set_attribute("rpc.jsonrpc.error_code", int(code))
+            except ValueError:
+                pass
+            self._span.set_status(_Status(_StatusCode.ERROR))
+
+
+_NO_SPAN = Span(None)
+
+
+def _attributes(service: str, method: str, request_id: Any) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"rpc.system": "jsonrpc", "rpc.service": service, "rpc.method": method}
+    if request_id is not None:
+        attrs["rpc.jsonrpc.request_id"] = str(request_id)
+    return attrs
+
+
+@contextmanager
+def server_span(
+    carrier: Mapping[str, str] | None,
+    service: str,
+    method: str,
+    request_id: Any = None,
+    *,
+    name: str | None = None,
+) -> Iterator[Span]:
+    """A SERVER span for serving `service.method`, child of the context in `carrier`.
+
+    It is the current span inside the block, so calls made there continue the trace.
+    """
+    if not ENABLED:
+        yield _NO_SPAN
+        return
+    parent = _propagate.extract(carrier) if carrier else None
+    token = _context.attach(parent) if parent is not None else None
+    try:
+        with _tracer().start_as_current_span(
+            name or f"{service}/{method}",
+            kind=_SpanKind.SERVER,
+            attributes=_attributes(service, method, request_id),
+            record_exception=False,
+        ) as span:
+            yield Span(span)
+    finally:
+        if token is not None:
+            _context.detach(token)
+
+
+@contextmanager
+def client_span(service: str, method: str, request_id: Any = None) -> Iterator[Span]:
+    """A CLIENT span around one call; `inject()` inside it carries this span's context."""
+    if not ENABLED:
+        yield _NO_SPAN
+        return
+    with _tracer().start_as_current_span(
+        f"{service}/{method}",
+        kind=_SpanKind.CLIENT,
+        attributes=_attributes(service, method, request_id),
+        record_exception=False,
+    ) as span:
+        yield Span(span)
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the current span, or None (for logs and handlers)."""
+    if not ENABLED:
+        return None
+    ctx = _trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+def start_client(service: str, method: str, request_id: Any = None) -> tuple[Any, Any]:
+    """(span, carrier) of a CLIENT span that is not made current (for code that cannot
+    wrap the call in a `with` block); end it with `end_client`."""
+    span = _tracer().start_span(
+        f"{service}/{method}",
+        kind=_SpanKind.CLIENT,
+        attributes=_attributes(service, method, request_id),
+        record_exception=False,
+    )
+    carrier: dict[str, str] = {}
+    _propagate.inject(carrier, context=_trace.set_span_in_context(span))
+    return span, carrier or None
+
+
+def end_client(span: Any, exc: BaseException | None) -> None:
+    """End a span of `start_client`; `exc` is what the call raised, if anything."""
+    if exc is not None:
+        code = getattr(exc, "code", None)
+        Span(span).answered(str(code) if isinstance(code, int) else "-32603")
+    span.end()
