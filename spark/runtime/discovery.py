@@ -63,7 +63,7 @@ def schema_of(hint: Any, depth: int = 0) -> dict[str, Any]:
 
 def _object_schema(cls: Any, depth: int) -> dict[str, Any]:
     try:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
     except Exception:
         hints = {}
     if dataclasses.is_dataclass(cls):
@@ -73,7 +73,16 @@ def _object_schema(cls: Any, depth: int) -> dict[str, Any]:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
     else:
-        required = sorted(getattr(cls, "__required_keys__", ()))
+        # Read Required/NotRequired from the hints: with postponed annotations (PEP 563)
+        # `__required_keys__` cannot see them.
+        total = getattr(cls, "__total__", True)
+        required = []
+        for key, hint in list(hints.items()):
+            origin = typing.get_origin(hint)
+            if origin in (typing.Required, typing.NotRequired):
+                hints[key] = typing.get_args(hint)[0]
+            if origin is typing.Required or (total and origin is not typing.NotRequired):
+                required.append(key)
     schema: dict[str, Any] = {
         "type": "object",
         "title": cls.__name__,

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -59,12 +60,15 @@ def code_of(reply: bytes | None) -> str:
     """ "ok", or the JSON-RPC error code of an encoded reply (only error replies are parsed)."""
     if reply is None or _ERROR_MARK not in reply:
         return "ok"
-    import orjson
-
     try:
-        return str(orjson.loads(reply)["error"]["code"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        doc = orjson.loads(reply)
+    except orjson.JSONDecodeError:
         return "error"
+    if not isinstance(doc, dict) or "error" not in doc:
+        return "ok"  # a result that mentions "error"
+    error = doc["error"]
+    code = error.get("code") if isinstance(error, dict) else None
+    return str(code) if isinstance(code, int) else "error"
 
 
 class MethodLabels:

@@ -182,6 +182,12 @@ class Worker:
         # connection spares the pool's bookkeeping on the path every request takes.
         self._writer = connect(self.url, max_connections=1, dedicated=True)
         self._writer_queue = ServiceQueue(self._writer, cfg.service)
+        if cfg.metrics_port is not None:
+            self.metrics = WorkerMetrics(
+                cfg.service, self.observer.stats, lambda: len(self._inflight), lambda: self.backlog
+            )
+            port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+            log.info("worker %s metrics on port %d", self.consumer, port)
         async for attempt in while_unreachable():
             with attempt:
                 await self.queue.ensure_group()
@@ -190,12 +196,6 @@ class Worker:
             self.url, self._on_cancel, channels=[self.queue.keys.cancel]
         )
         await self._cancels.start(timeout=5.0)
-        if cfg.metrics_port is not None:
-            self.metrics = WorkerMetrics(
-                cfg.service, self.observer.stats, lambda: len(self._inflight), lambda: self.backlog
-            )
-            port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
-            log.info("worker %s metrics on port %d", self.consumer, port)
         log.info(
             "worker %s serving %r (concurrency %d)", self.consumer, cfg.service, cfg.concurrency
         )
