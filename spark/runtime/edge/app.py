@@ -1,7 +1,7 @@
 """The aiohttp application: routes, HTTP semantics, and a server to start and stop.
 
 Routes: `POST /{service}` and `GET /{service}/ws`; `POST /` and `GET /ws` for the default
-service; `GET /health`; `GET /metrics`. HTTP status codes carry transport facts only:
+service; `GET /health`; `GET /metrics`; `GET /dashboard` and its parts (spark.runtime.edge.dashboard). HTTP status codes carry transport facts only:
 JSON-RPC errors are 200 with an error body, no reply is 204, an oversize body is 413, a
 missing or wrong token 401, an unknown route or invalid service name 404; the bodies of
 413/401/404 are JSON-RPC error objects too, so a client can read them the same way.
@@ -28,6 +28,7 @@ from spark.errors import (
     UnauthorizedError,
 )
 from spark.protocol import encode_error
+from spark.runtime.edge import dashboard
 from spark.runtime.edge.config import EdgeConfig
 from spark.runtime.edge.core import Edge, request_options, valid_service
 from spark.runtime.edge.security import server_ssl_context
@@ -153,6 +154,7 @@ def make_app(edge: Edge) -> web.Application:
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
+    dashboard.setup(app, edge)
     app.router.add_post("/", handle_post)
     app.router.add_get("/ws", handle_ws)
     app.router.add_post("/{service}", handle_post)
