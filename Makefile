@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 REDIS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis-server lint test test-unit test-integration demo bench lab soak clean
+.PHONY: venv redis-server chromium lint test test-unit test-integration demo bench lab soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,17 +22,25 @@ redis-server:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# The dashboard's browser test drives Debian's Chromium through Playwright (Playwright's own
+# browser downloads need the internet); install it when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
+		echo "installing chromium"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: venv redis-server lint
+test: venv redis-server chromium lint
 	$(BIN)/pytest -q
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit
 
-test-integration: venv redis-server
+test-integration: venv redis-server chromium
 	$(BIN)/pytest -q tests/integration
 
 demo: venv

@@ -1,9 +1,10 @@
 """The aiohttp application: routes, HTTP semantics, and a server to start and stop.
 
 Routes: `POST /{service}` and `GET /{service}/ws`; `POST /` and `GET /ws` for the default
-service; `GET /health`; `GET /metrics`; `GET /dashboard` and its parts (spark.runtime.edge.dashboard). HTTP status codes carry transport facts only:
-JSON-RPC errors are 200 with an error body, no reply is 204, an oversize body is 413, a
-missing or wrong token 401, an unknown route or invalid service name 404; the bodies of
+service; `GET /health`; `GET /metrics`; `GET /dashboard` and its parts
+(spark.runtime.edge.dashboard). HTTP status codes carry transport facts only: JSON-RPC
+errors are 200 with an error body, no reply is 204, an oversize body is 413, a missing or
+wrong token 401, an unknown route or invalid service name 404; the bodies of
 413/401/404 are JSON-RPC error objects too, so a client can read them the same way.
 """
 

@@ -59,7 +59,7 @@ function statsHtml(s) {
     ["errors", "Error rate", percent(s.error_rate), s.error_rate > 0.05],
     ["p50", "p50", ms(lastPoint(s)?.p50_ms ?? s.p50_ms)],
     ["p99", "p99", ms(lastPoint(s)?.p99_ms ?? s.p99_ms)],
-    ["oldest", "Oldest queued", duration(s.oldest_age)],
+    ["oldest", "Oldest", duration(s.oldest_age)],
   ];
   return items.map(([key, label, value, alert]) =>
     `<div class="stat${alert ? " alert" : ""}" data-testid="stat-${key}">` +
@@ -88,7 +88,9 @@ function workersHtml(s) {
 function methodsHtml(s) {
   const stats = new Map(s.methods.map((m) => [m.method, m]));
   const described = s.api && Array.isArray(s.api.methods) ? s.api.methods : [];
-  const names = new Set([...described.map((m) => m.name), ...stats.keys()]);
+  // rpc.* (discovery) is the runtime's, not the service's: not listed.
+  const names = new Set([...described.map((m) => m.name), ...stats.keys()]
+    .filter((name) => !name.startsWith("rpc.")));
   if (!names.size) return `<p class="muted">No methods known yet.</p>`;
   const docs = new Map(described.map((m) => [m.name, m]));
   const rows = [...names].sort().map((name) => {
@@ -116,14 +118,15 @@ function deadHtml(s) {
   if (!s.dead) return `<p class="muted" data-testid="no-dead-letters">No dead letters.</p>`;
   const rows = s.dead_letters.map((d) => `
     <tr data-testid="dead-letter" data-id="${esc(d.id)}">
-      <td><code>${esc(d.method ?? "(malformed)")}</code><div class="summary">${esc(d.id)}</div></td>
+      <td><code>${esc(d.method ?? "(malformed)")}</code>
+        <div class="summary">request ${esc(d.request_id ?? "?")} · ${esc(d.id)}</div></td>
       <td class="error">${esc(errorText(d.error))}</td>
       <td class="num">${num(d.deliveries)}</td>
-      <td class="actions">
+      <td><div class="actions">
         <button data-action="replay" data-service="${esc(s.service)}" data-id="${esc(d.id)}"
           ${d.replayable ? "" : "disabled"}>Replay</button>
         <button class="danger" data-action="purge" data-service="${esc(s.service)}"
-          data-id="${esc(d.id)}">Purge</button></td></tr>`).join("");
+          data-id="${esc(d.id)}">Purge</button></div></td></tr>`).join("");
   const more = s.dead > s.dead_letters.length
     ? `<p class="muted">${s.dead_letters.length} of ${num(s.dead)} shown.</p>` : "";
   return `<div class="actions" style="margin-bottom:6px">
