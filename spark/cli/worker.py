@@ -21,6 +21,7 @@ from spark.runtime.supervisor import INDEX_ENV, Supervisor
 from spark.runtime.worker import WorkerConfig, run_worker, service_of
 
 _DEFAULTS = WorkerConfig(service="-")
+METRICS_PORT_ENV = "SPARK_METRICS_PORT"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,8 +81,8 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="PORT",
-        help="serve Prometheus metrics on PORT (off by default); with --processes N, "
-        "process i serves on PORT+i",
+        help="serve Prometheus metrics on PORT (default: $SPARK_METRICS_PORT, else off); "
+        "with --processes N, process i serves on PORT+i",
     )
     p.add_argument(
         "--metrics-host", default="0.0.0.0", help="address for --metrics-port (default %(default)s)"
@@ -123,7 +124,13 @@ async def _serve(target, args, url: str) -> None:
 
 
 def _metrics_port(port: int | None) -> int | None:
-    """--metrics-port, shifted by this process's slot under a supervisor."""
+    """--metrics-port (else $SPARK_METRICS_PORT), shifted by this process's slot under a
+    supervisor."""
+    if port is None and os.environ.get(METRICS_PORT_ENV):
+        try:
+            port = int(os.environ[METRICS_PORT_ENV])
+        except ValueError:
+            raise SystemExit(f"${METRICS_PORT_ENV} must be a port number") from None
     if port is None or port == 0:
         return port
     return port + int(os.environ.get(INDEX_ENV) or 0)

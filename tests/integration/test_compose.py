@@ -55,7 +55,14 @@ def compose() -> dict[str, Any]:
 
 def test_structure(compose):
     services = compose["services"]
-    assert set(services) == {"redis", "edge", *WORKERS}
+    assert set(services) == {"redis", "edge", "prometheus", *WORKERS}
+    # Prometheus is optional (a profile) and scrapes every worker it is told of.
+    assert services["prometheus"]["profiles"] == ["observability"]
+    with open(ROOT / "deploy" / "prometheus.yml") as f:
+        scrape = {job["job_name"]: job for job in yaml.safe_load(f)["scrape_configs"]}
+    (sd,) = scrape["spark-worker"]["dns_sd_configs"]
+    assert set(sd["names"]) == WORKERS and sd["port"] == 9100
+    assert scrape["spark-edge"]["static_configs"][0]["targets"] == [f"edge:{EDGE_PORT}"]
     redis_svc = services["redis"]
     assert redis_svc["image"].startswith("redis:7")
     cmd = redis_svc["command"]
@@ -80,6 +87,7 @@ def test_structure(compose):
         assert svc["build"] == "." and svc["depends_on"]["redis"]["condition"] == "service_healthy"
         # The service name in compose is the one spark-worker derives from the class.
         assert name == _service_name(cmd[1])
+        assert svc["environment"]["SPARK_METRICS_PORT"] == "9100", name
 
 
 def _service_name(target: str) -> str:
@@ -131,6 +139,9 @@ class Stack:
 
     def start(self, name: str, argv: list[str], extra_env: dict[str, str]) -> None:
         env = {**self.env, **{k: str(v) for k, v in extra_env.items()}}
+        if "SPARK_METRICS_PORT" in env:
+            # Replicas share this host here (not one container each): free ports instead.
+            env["SPARK_METRICS_PORT"] = "0"
         env.pop("SPARK_REDIS_URL", None)  # --redis (rewritten) is what must work
         with open(self.dir / f"{name}-{len(self.procs)}.log", "w") as log:
             proc = subprocess.Popen(
