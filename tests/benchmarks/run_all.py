@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_edge
+import bench_observability
 import bench_redis
 import bench_state
 
@@ -18,6 +19,7 @@ BENCHMARKS = [
     ("redis transport (issue 3)", bench_redis.main),
     ("edge: HTTP and WebSocket (issue 4)", bench_edge.main),
     ("GraphState on Redis (issue 6)", bench_state.main),
+    ("observability overhead (issue 14)", bench_observability.main),
 ]
 
 
