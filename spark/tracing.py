@@ -15,6 +15,7 @@ configured an SDK `TracerProvider`; with the API alone the context still propaga
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -188,3 +189,22 @@ def end_client(span: Any, exc: BaseException | None) -> None:
         code = getattr(exc, "code", None)
         Span(span).answered(str(code) if isinstance(code, int) else "-32603")
     span.end()
+
+
+def traced_call(func: Any) -> Any:
+    """Decorates a transport's `call(self, method, ...)` with a CLIENT span (the service is
+    `self.service`). Without tracing it returns `func` itself: no cost at all."""
+    if not ENABLED:
+        return func
+
+    @functools.wraps(func)
+    async def call(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        with client_span(getattr(self, "service", None) or "-", method) as span:
+            try:
+                return await func(self, method, *args, **kwargs)
+            except BaseException as exc:
+                code = getattr(exc, "code", None)
+                span.answered(str(code) if isinstance(code, int) else "-32603")
+                raise
+
+    return call

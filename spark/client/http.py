@@ -202,6 +202,7 @@ class HttpTransport(_Base):
         except CONNECTION_ERRORS as exc:
             raise RpcConnectionError(f"cannot reach {self.url}: {exc}") from exc
 
+    @tracing.traced_call
     async def call(
         self,
         method: str,

@@ -223,6 +223,7 @@ class WebSocketTransport(_Base):
             for rid in futures:
                 self._pending.pop(rid, None)
 
+    @tracing.traced_call
     async def call(
         self,
         method: str,

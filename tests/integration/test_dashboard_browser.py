@@ -138,3 +138,39 @@ async def test_dashboard_needs_the_token(edge, redis_url):
             f"{edge.url}/dashboard/dlq/{SERVICE}/purge", data=b'{"ids": "x"}', headers=auth
         ) as resp:
             assert resp.status == 400
+
+
+async def test_state_on_the_embedded_broker():
+    """`spark dev` and `start_server()` run on the embedded broker: the dashboard too."""
+    import asyncio
+
+    from spark.runtime.worker import run_worker
+    from support.services import LabRpcNode
+
+    url = "memory://dashboard-embedded"
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        run_worker(LabRpcNode(), service=SERVICE, url=url, stop=stop, ready=ready)
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        async with EdgeServer(EdgeConfig(redis_url=url, port=0)) as edge:
+            async with BrokerClient(url) as client:
+                await client.call(SERVICE, "echo", {}, timeout=10)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{edge.url}/dashboard/state") as resp:
+                    state = await resp.json()
+                async with http.get(f"{edge.url}/dashboard") as resp:
+                    assert resp.status == 200
+                    assert "dashboard.js" in await resp.text()
+                async with http.get(f"{edge.url}/dashboard/static/dashboard.js") as resp:
+                    assert resp.status == 200
+                    assert resp.content_type == "application/javascript"
+                async with http.get(f"{edge.url}/dashboard/static/nope.js") as resp:
+                    assert resp.status == 404
+    finally:
+        stop.set()
+        await task
+    (svc,) = state["services"]
+    assert svc["service"] == SERVICE and svc["workers"] == 1
+    assert "echo" in {m["name"] for m in svc["api"]["methods"]}

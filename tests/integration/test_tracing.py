@@ -68,11 +68,17 @@ async def test_trace_spans_client_edge_worker_and_nested_call(redis_url, workers
     assert answer["leaf"]["trace_id"] == trace_id
 
     here = [span_dict(s) for s in EXPORTER.get_finished_spans()]
+    # The HTTP transport's span, child of the caller's.
+    (http_call,) = [s for s in here if s["name"] == "traced/nested" and s["parent_id"] == caller_id]
+    assert http_call["kind"] == "CLIENT" and http_call["trace_id"] == trace_id
     edge_span = by_name(here, "edge traced/nested", "SERVER")
     assert edge_span["trace_id"] == trace_id
-    assert edge_span["parent_id"] == caller_id  # extracted from the HTTP traceparent header
-    edge_call = by_name(here, "traced/nested", "CLIENT")
-    assert edge_call["parent_id"] == edge_span["span_id"]
+    # Extracted from the HTTP traceparent header.
+    assert edge_span["parent_id"] == http_call["span_id"]
+    (edge_call,) = [
+        s for s in here if s["name"] == "traced/nested" and s["parent_id"] == edge_span["span_id"]
+    ]
+    assert edge_call["kind"] == "CLIENT"
 
     async with BrokerClient(redis_url) as client:
         front_spans = await client.call("traced", "spans", timeout=10)

@@ -7,13 +7,17 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 
 import aiohttp
 import orjson
 import pytest
 
 from spark.client.broker_client import BrokerClient
+from spark.client.http import HttpTransport
+from spark.client.websocket import WebSocketTransport
 from spark.errors import InternalError
+from spark.runtime.edge import EdgeConfig, EdgeServer
 from support import metrics
 from support.polling import eventually
 from support.processes import WorkerProcess, env, live_workers
@@ -140,6 +144,12 @@ async def test_rpc_discover_describes_the_service(redis_url):
     try:
         async with BrokerClient(redis_url) as client:
             doc = await client.call("doc", "rpc.discover", timeout=10)
+        # The same document over every transport.
+        async with EdgeServer(EdgeConfig(redis_url=redis_url, port=0)) as edge:
+            async with HttpTransport(edge.url, service="doc") as http:
+                assert await http.call("rpc.discover", deadline=time.time() + 10) == doc
+            async with WebSocketTransport(edge.url, service="doc") as ws:
+                assert await ws.call("rpc.discover", deadline=time.time() + 10) == doc
     finally:
         worker.stop()
     assert doc["openrpc"].startswith("1.")
