@@ -31,6 +31,8 @@ if os.environ.get("SPARK_TRACING", "").lower() not in ("off", "0", "false", "no"
         from opentelemetry import context as _context
         from opentelemetry import propagate as _propagate
         from opentelemetry import trace as _trace
+        from opentelemetry.trace import NoOpTracerProvider as _NoOpTracerProvider
+        from opentelemetry.trace import ProxyTracerProvider as _ProxyTracerProvider
         from opentelemetry.trace import SpanKind as _SpanKind
         from opentelemetry.trace import Status as _Status
         from opentelemetry.trace import StatusCode as _StatusCode
@@ -50,9 +52,15 @@ def _tracer() -> Any:
     return _TRACER
 
 
+def _recording() -> bool:
+    """Whether an SDK (a real TracerProvider) is installed. Without one no span is ever
+    recorded, so only the context is carried: no span objects are made at all."""
+    return not isinstance(_trace.get_tracer_provider(), (_ProxyTracerProvider, _NoOpTracerProvider))
+
+
 def inject() -> dict[str, str] | None:
     """The current context as a W3C carrier, or None (no package, or no context to send)."""
-    if not ENABLED:
+    if not ENABLED or not _trace.get_current_span().get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
     _propagate.inject(carrier)
@@ -125,29 +133,48 @@ def server_span(
     """A SERVER span for serving `service.method`, child of the context in `carrier`.
 
     It is the current span inside the block, so calls made there continue the trace.
+    Without an SDK only the caller's context is made current (nothing would be recorded).
     """
     if not ENABLED:
         yield _NO_SPAN
         return
     parent = _propagate.extract(carrier) if carrier else None
-    token = _context.attach(parent) if parent is not None else None
+    if not _recording():
+        token = _context.attach(parent) if parent is not None else None
+        try:
+            yield _NO_SPAN
+        finally:
+            if token is not None:
+                _context.detach(token)
+        return
+    span = _tracer().start_span(
+        name or f"{service}/{method}",
+        context=parent,
+        kind=_SpanKind.SERVER,
+        attributes=_attributes(service, method, request_id),
+        record_exception=False,
+    )
+    token = _context.attach(_trace.set_span_in_context(span, parent))
     try:
-        with _tracer().start_as_current_span(
-            name or f"{service}/{method}",
-            kind=_SpanKind.SERVER,
-            attributes=_attributes(service, method, request_id),
-            record_exception=False,
-        ) as span:
-            yield Span(span)
+        yield Span(span)
+    except BaseException as exc:
+        if span.is_recording() and not isinstance(exc, GeneratorExit):
+            span.set_status(_Status(_StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
     finally:
-        if token is not None:
-            _context.detach(token)
+        _context.detach(token)
+        span.end()
+
+
+def wanted(carrier: Mapping[str, str] | None) -> bool:
+    """Whether `server_span(carrier, ...)` would do anything (skip it when not)."""
+    return ENABLED and (carrier is not None or _recording())
 
 
 @contextmanager
 def client_span(service: str, method: str, request_id: Any = None) -> Iterator[Span]:
     """A CLIENT span around one call; `inject()` inside it carries this span's context."""
-    if not ENABLED:
+    if not ENABLED or not _recording():
         yield _NO_SPAN
         return
     with _tracer().start_as_current_span(
@@ -171,7 +198,10 @@ def current_ids() -> tuple[str, str] | None:
 
 def start_client(service: str, method: str, request_id: Any = None) -> tuple[Any, Any]:
     """(span, carrier) of a CLIENT span that is not made current (for code that cannot
-    wrap the call in a `with` block); end it with `end_client`."""
+    wrap the call in a `with` block); end it with `end_client`. Without an SDK: (None, the
+    current context), as nothing would be recorded."""
+    if not _recording():
+        return None, inject()
     span = _tracer().start_span(
         f"{service}/{method}",
         kind=_SpanKind.CLIENT,

@@ -34,7 +34,7 @@ class WorkerObserver:
 
     async def run(self, env: Envelope, call: CallInfo, invoke: Awaitable[Answer]) -> Answer:
         started = time.perf_counter()
-        if tracing.ENABLED:
+        if tracing.ENABLED and tracing.wanted(env.trace):
             with tracing.server_span(env.trace, self.service, env.method, env.id) as span:
                 answer = await invoke
                 code = code_of(answer[0])

@@ -34,67 +34,66 @@ async def scrape(http: aiohttp.ClientSession, port: int) -> str:
         return await resp.text()
 
 
-async def test_worker_is_scrapeable(redis_url):
+@pytest.fixture
+def scraped(redis_url):
+    """(port) of a LabRpcNode worker process serving metrics."""
     port = free_port()
     worker = WorkerProcess(
         TARGET, redis_url, "--metrics-port", str(port), "--heartbeat", "0.2", service="lab"
     ).wait_ready()
-    try:
-        async with BrokerClient(redis_url) as client, aiohttp.ClientSession() as http:
-            for i in range(3):
-                assert await client.call("lab", "echo", {"i": i}, timeout=10) == {"i": i}
-            with pytest.raises(InternalError):
-                await client.call("lab", "fail", {}, timeout=10)
-            slow = asyncio.create_task(client.call("lab", "sleep", {"seconds": 30}, timeout=60))
+    yield port
+    worker.stop()
 
-            async def one_in_flight():
-                return metrics.value(await scrape(http, port), "spark_worker_inflight") == 1
 
-            await eventually(one_in_flight, what="the sleeping handler counted in flight")
+async def test_worker_is_scrapeable(redis_url, scraped):
+    port = scraped
+    async with BrokerClient(redis_url) as client, aiohttp.ClientSession() as http:
+        for i in range(3):
+            assert await client.call("lab", "echo", {"i": i}, timeout=10) == {"i": i}
+        with pytest.raises(InternalError):
+            await client.call("lab", "fail", {}, timeout=10)
+        slow = asyncio.create_task(client.call("lab", "sleep", {"seconds": 30}, timeout=60))
+
+        async def one_in_flight():
+            return metrics.value(await scrape(http, port), "spark_worker_inflight") == 1
+
+        await eventually(one_in_flight, what="the sleeping handler counted in flight")
+        text = await scrape(http, port)
+        slow.cancel()
+    ok = {"service": "lab", "method": "echo", "code": "ok"}
+    assert metrics.value(text, "spark_worker_calls_total", **ok) == 3
+    failed = {"service": "lab", "method": "fail", "code": "-32603"}
+    assert metrics.value(text, "spark_worker_calls_total", **failed) == 1
+    echo = {"service": "lab", "method": "echo"}
+    assert metrics.value(text, "spark_worker_handler_seconds_count", **echo) == 3
+    assert metrics.value(text, "spark_worker_handler_seconds_bucket", le="+Inf", **echo) == 3
+    for name in (
+        "spark_worker_reclaimed_total",
+        "spark_worker_retries_total",
+        "spark_worker_dead_lettered_total",
+        "spark_worker_cancelled_total",
+        "spark_worker_backlog",
+    ):
+        assert name in metrics.names(text), name
+    assert not any(n.endswith("_created") for n in metrics.names(text))
+
+
+async def test_cancelled_is_counted(redis_url, scraped):
+    port = scraped
+    async with BrokerClient(redis_url) as client, aiohttp.ClientSession() as http:
+        slow = asyncio.create_task(client.call("lab", "sleep", {"seconds": 30}, timeout=60))
+
+        async def running():
+            return metrics.value(await scrape(http, port), "spark_worker_inflight") == 1
+
+        await eventually(running, what="the handler running")
+        slow.cancel()
+
+        async def cancelled():
             text = await scrape(http, port)
-            slow.cancel()
-        ok = {"service": "lab", "method": "echo", "code": "ok"}
-        assert metrics.value(text, "spark_worker_calls_total", **ok) == 3
-        failed = {"service": "lab", "method": "fail", "code": "-32603"}
-        assert metrics.value(text, "spark_worker_calls_total", **failed) == 1
-        echo = {"service": "lab", "method": "echo"}
-        assert metrics.value(text, "spark_worker_handler_seconds_count", **echo) == 3
-        assert metrics.value(text, "spark_worker_handler_seconds_bucket", le="+Inf", **echo) == 3
-        for name in (
-            "spark_worker_reclaimed_total",
-            "spark_worker_retries_total",
-            "spark_worker_dead_lettered_total",
-            "spark_worker_cancelled_total",
-            "spark_worker_backlog",
-        ):
-            assert name in metrics.names(text), name
-        assert not any(n.endswith("_created") for n in metrics.names(text))
-    finally:
-        worker.stop()
+            return metrics.value(text, "spark_worker_cancelled_total", service="lab") == 1
 
-
-async def test_cancelled_and_backlog_are_counted(redis_url):
-    port = free_port()
-    worker = WorkerProcess(
-        TARGET, redis_url, "--metrics-port", str(port), "--heartbeat", "0.2", service="lab"
-    ).wait_ready()
-    try:
-        async with BrokerClient(redis_url) as client, aiohttp.ClientSession() as http:
-            slow = asyncio.create_task(client.call("lab", "sleep", {"seconds": 30}, timeout=60))
-
-            async def running():
-                return metrics.value(await scrape(http, port), "spark_worker_inflight") == 1
-
-            await eventually(running, what="the handler running")
-            slow.cancel()
-
-            async def cancelled():
-                text = await scrape(http, port)
-                return metrics.value(text, "spark_worker_cancelled_total", service="lab") == 1
-
-            await eventually(cancelled, what="the cancel counted")
-    finally:
-        worker.stop()
+        await eventually(cancelled, what="the cancel counted")
 
 
 def test_json_log_lines_carry_the_request(redis_url):

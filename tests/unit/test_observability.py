@@ -164,3 +164,45 @@ def test_without_opentelemetry_calls_work_and_tracing_is_off():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "{'a': 1}"
+
+
+async def test_worker_counts_reclaims_retries_and_dead_letters():
+    """A dead worker's entries: reclaimed and run again (a retry), and past
+    max_deliveries dead-lettered, each counted and shown to Prometheus."""
+    import asyncio
+
+    from spark.broker import ServiceQueue, connect
+    from spark.broker.envelope import Envelope
+    from spark.runtime.worker import Worker, WorkerConfig
+    from support import metrics
+    from support.polling import eventually
+
+    url = "memory://observability-reclaims"
+    redis = connect(url)
+    queue = ServiceQueue(redis, "svc")
+    await queue.ensure_group()
+    await queue.enqueue([Envelope(id="a", method="echo").encode()])
+    await queue.enqueue([Envelope(id="b", method="echo").encode()])
+    # A consumer that died holding both, "a" delivered twice already, "b" once.
+    await queue.read(redis, "dead-worker", 2, 10)
+    assert [e.deliveries for e in await queue.reclaim("dead-worker", 0, 1)] == [2]
+
+    async def handler(method, params, call):
+        return "done"
+
+    config = WorkerConfig(service="svc", reclaim_after=0.2, max_deliveries=2, metrics_port=0)
+    worker = Worker(handler, config, url)
+    serving = asyncio.create_task(worker.serve())
+    try:
+        stats = worker.observer.stats
+        await eventually(lambda: stats.reclaimed == 2, what="both entries reclaimed")
+        await eventually(lambda: stats.retries + stats.dead_lettered == 2, what="both handled")
+        text = worker.metrics.render().decode()
+    finally:
+        worker.stop()
+        await serving
+        await redis.aclose()
+    assert stats.retries == 1 and stats.dead_lettered == 1
+    for name in ("reclaimed", "retries", "dead_lettered"):
+        total = metrics.value(text, f"spark_worker_{name}_total", service="svc")
+        assert total == getattr(stats, name), name

@@ -273,7 +273,7 @@ class Edge:
     ) -> Any:
         """One request's outcome: a result or an exception (returned, never raised)."""
         assert self.client is not None
-        if tracing.ENABLED:
+        if tracing.ENABLED and tracing.wanted(trace):
             with tracing.server_span(
                 trace, service, req.method, req.id, name=f"edge {service}/{req.method}"
             ) as span:
