@@ -137,3 +137,30 @@ async def test_plain_http_client_traceparent_is_continued(workers, edge):
         ) as resp:
             body = await resp.json()
     assert body["result"]["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_a_process_without_sdk_carries_the_trace_on(redis_url, workers, monkeypatch):
+    monkeypatch.setenv("TRACED_API_ONLY", "1")
+    middle = WorkerProcess(TARGET, redis_url, service="traced-api").wait_ready()
+    try:
+        tracer = trace.get_tracer("test")
+        async with BrokerClient(redis_url) as client:
+            EXPORTER.clear()
+            with tracer.start_as_current_span("caller") as caller:
+                answer = await client.call(
+                    "traced-api", "nested", {"service": "traced-leaf"}, timeout=10
+                )
+            leaf_spans = await client.call("traced-leaf", "spans", timeout=10)
+            assert await client.call("traced-api", "spans", timeout=10) == []
+    finally:
+        middle.stop()
+    trace_id = ids(caller)[0]
+    (call_span,) = [
+        span_dict(s) for s in EXPORTER.get_finished_spans() if s.name == "traced-api/nested"
+    ]
+    # The middle process recorded nothing, yet ran under the caller's trace and passed it on.
+    assert answer["mine"] == {"trace_id": trace_id, "span_id": call_span["span_id"]}
+    (leaf,) = [
+        s for s in leaf_spans if s["name"] == "traced-leaf/whoami" and s["trace_id"] == trace_id
+    ]
+    assert leaf["parent_id"] == call_span["span_id"]

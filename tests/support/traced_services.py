@@ -2,10 +2,13 @@
 
 Imported in a `spark-worker` process, it installs the OpenTelemetry SDK with an in-memory
 exporter (what an application would do with a real exporter), so `rpc_spans` can hand the
-spans this process recorded back to the test.
+spans this process recorded back to the test; with `TRACED_API_ONLY=1` it does not (a
+process with the API alone, which records nothing but must carry the trace on).
 """
 
 from __future__ import annotations
+
+import os
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -17,9 +20,10 @@ from spark.client.pool import release_client, shared_client
 from spark.nodes.rpc import RpcNode
 
 EXPORTER = InMemorySpanExporter()
-_provider = TracerProvider()
-_provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
-trace.set_tracer_provider(_provider)
+if not os.environ.get("TRACED_API_ONLY"):
+    _provider = TracerProvider()
+    _provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    trace.set_tracer_provider(_provider)
 
 
 def span_dict(span) -> dict:
