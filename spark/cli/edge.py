@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
 
+from spark import logs
 from spark.broker.connection import describe
 from spark.cli.common import cli_redis_url, install_stop_signals, setup_logging
 from spark.logs import add_format_argument
@@ -154,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"spark-edge: {exc}", file=sys.stderr)
         return 2
-    print(
+    banner = (
         f"spark-edge: broker {describe(config.redis_url)}, "
-        f"{'https' if config.tls else 'http'}://{config.host}:{config.port}",
-        file=sys.stderr,
+        f"{'https' if config.tls else 'http'}://{config.host}:{config.port}"
     )
+    if logs.resolve_format(args.log_format) == "json":
+        # Every line on stderr is one JSON object then.
+        logging.getLogger("spark.edge").info(banner)
+    else:
+        print(banner, file=sys.stderr)
     asyncio.run(_serve(config))
     return 0
 

@@ -694,6 +694,7 @@ def run_dev_command(args: argparse.Namespace) -> int:
         for url in server.urls().values():
             lines.append(f"  POST {url}    WS {url.replace('http', 'ws', 1)}/ws")
         lines.append(f"  POST {server.endpoint}/    (default service: {server.services[0]})")
+        lines.append(f"  dashboard {server.endpoint}/dashboard")
         lines.append("Ctrl-C to stop")
         print("\n".join(lines), flush=True)
 
