@@ -12,6 +12,8 @@ import time
 import aiohttp
 import orjson
 import pytest
+from opentelemetry import context, trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from spark.client.broker_client import BrokerClient
 from spark.client.http import HttpTransport
@@ -26,6 +28,7 @@ from support.redis_server import free_port, wait_until
 pytestmark = pytest.mark.integration
 
 TARGET = "support.services:LabRpcNode"
+TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 
 
 async def scrape(http: aiohttp.ClientSession, port: int) -> str:
@@ -106,8 +109,14 @@ def test_json_log_lines_carry_the_request(redis_url):
         wait_until(lambda: live_workers(redis_url, "lab") >= 1, timeout=15, what="worker")
 
         async def calls():
+            # A caller's trace, whether or not this process has an SDK installed.
+            parent = SpanContext(TRACE_ID, 0x1234, is_remote=False, trace_flags=TraceFlags(1))
             async with BrokerClient(redis_url) as client:
-                await client.call("lab", "echo", {"x": 1}, timeout=10)
+                token = context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
+                try:
+                    await client.call("lab", "echo", {"x": 1}, timeout=10)
+                finally:
+                    context.detach(token)
                 with pytest.raises(InternalError):
                     await client.call("lab", "fail", {}, timeout=10)
                 return client.client_id
@@ -123,6 +132,8 @@ def test_json_log_lines_carry_the_request(redis_url):
         ("echo", "ok", "ok"),
         ("fail", "error", "-32603"),
     ]
+    assert answered[0]["trace_id"] == format(TRACE_ID, "032x")
+    assert "trace_id" not in answered[1]  # called outside any trace
     for line in answered:
         assert line["service"] == "lab"
         assert line["client_id"] == client_id
