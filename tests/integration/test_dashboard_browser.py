@@ -4,8 +4,8 @@ replayed and purged with the buttons, which need the token."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-import time
 
 import aiohttp
 import orjson
@@ -18,6 +18,7 @@ from spark.broker.queue import Entry
 from spark.client.broker_client import BrokerClient
 from spark.runtime.edge import EdgeConfig, EdgeServer
 from support.browser import chromium_page
+from support.polling import eventually
 from support.processes import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -101,22 +102,13 @@ async def test_dashboard_shows_services_workers_and_calls_live(redis_url, edge, 
         await letters.first.get_by_role("button", name="Replay").click()
         await expect(card.get_by_test_id("no-dead-letters")).to_be_visible()
 
-    # The replayed request ran (its handler counts runs under its key).
+    # The replayed request ran (its handler counts runs under its key); the purged one did not.
     redis = aioredis.Redis.from_url(redis_url)
     try:
-        deadline = time.monotonic() + 10
-        while await redis.get("lab:runs:dl-replay") is None:
-            assert time.monotonic() < deadline, "the replayed request never ran"
-            await _tick()
+        await eventually(lambda: redis.get("lab:runs:dl-replay"), what="the replayed request run")
         assert await redis.get("lab:runs:dl-purge") is None
     finally:
         await redis.aclose()
-
-
-async def _tick() -> None:
-    import asyncio
-
-    await asyncio.sleep(0.05)
 
 
 async def test_dashboard_needs_the_token(edge, redis_url):
@@ -142,8 +134,6 @@ async def test_dashboard_needs_the_token(edge, redis_url):
 
 async def test_state_on_the_embedded_broker():
     """`spark dev` and `start_server()` run on the embedded broker: the dashboard too."""
-    import asyncio
-
     from spark.runtime.worker import run_worker
     from support.services import LabRpcNode
 
@@ -174,3 +164,27 @@ async def test_state_on_the_embedded_broker():
     (svc,) = state["services"]
     assert svc["service"] == SERVICE and svc["workers"] == 1
     assert "echo" in {m["name"] for m in svc["api"]["methods"]}
+
+
+async def test_event_stream_pushes_states_and_ends_with_the_edge(redis_url, worker):
+    server = await EdgeServer(EdgeConfig(redis_url=redis_url, port=0)).start()
+    stopped = False
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{server.url}/dashboard/events") as resp:
+                assert resp.headers["Content-Type"] == "text/event-stream"
+                states = []
+                while len(states) < 2:  # the page redraws on each of these
+                    line = await resp.content.readline()
+                    if line.startswith(b"data: "):
+                        states.append(orjson.loads(line[6:]))
+                assert states[1]["at"] > states[0]["at"]
+                assert SERVICE in {s["service"] for s in states[1]["services"]}
+                await server.stop()
+                stopped = True
+                # The stream ends (rather than holding the edge's shutdown until its timeout).
+                await asyncio.wait_for(resp.content.read(), 30)
+                assert resp.content.at_eof()
+    finally:
+        if not stopped:
+            await server.stop()
