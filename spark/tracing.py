@@ -138,7 +138,7 @@ def server_span(
     if not ENABLED:
         yield _NO_SPAN
         return
-    parent = _propagate.extract(carrier) if carrier else None
+    parent = _extract(carrier)
     if not _recording():
         token = _context.attach(parent) if parent is not None else None
         try:
@@ -164,6 +164,18 @@ def server_span(
     finally:
         _context.detach(token)
         span.end()
+
+
+def _extract(carrier: Mapping[str, str] | None) -> Any:
+    """The context in a carrier from outside; None for none or junk (a foreign producer's
+    odd envelope costs its trace, never the request)."""
+    carrier = valid_carrier(carrier)
+    if carrier is None:
+        return None
+    try:
+        return _propagate.extract(carrier)
+    except Exception:
+        return None
 
 
 def wanted(carrier: Mapping[str, str] | None) -> bool:

@@ -3,19 +3,27 @@ lines, the OpenRPC document, and tracing switched off."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
 import sys
+import uuid
 
 import pytest
 
+from spark.broker import ServiceQueue, connect
+from spark.broker.envelope import Envelope, decode_reply
+from spark.broker.replies import START, read
 from spark.context import CallInfo, current_call
 from spark.logs import CallFilter, JsonFormatter, resolve_format
 from spark.runtime import callstats
 from spark.runtime.callstats import BUCKETS, CallStats, quantile
 from spark.runtime.discovery import answering_discover, document
 from spark.runtime.metrics import code_of
+from spark.runtime.worker import Worker, WorkerConfig
+from support import metrics
+from support.polling import eventually
 
 
 def test_call_stats_count_in_place():
@@ -169,14 +177,6 @@ def test_without_opentelemetry_calls_work_and_tracing_is_off():
 async def test_worker_counts_reclaims_retries_and_dead_letters():
     """A dead worker's entries: reclaimed and run again (a retry), and past
     max_deliveries dead-lettered, each counted and shown to Prometheus."""
-    import asyncio
-
-    from spark.broker import ServiceQueue, connect
-    from spark.broker.envelope import Envelope
-    from spark.runtime.worker import Worker, WorkerConfig
-    from support import metrics
-    from support.polling import eventually
-
     url = "memory://observability-reclaims"
     redis = connect(url)
     queue = ServiceQueue(redis, "svc")
@@ -206,3 +206,36 @@ async def test_worker_counts_reclaims_retries_and_dead_letters():
     for name in ("reclaimed", "retries", "dead_lettered"):
         total = metrics.value(text, f"spark_worker_{name}_total", service="svc")
         assert total == getattr(stats, name), name
+
+
+@pytest.mark.parametrize(
+    "trace",
+    [
+        {"traceparent": 5},
+        {"traceparent": "00-zz-not-hex-01"},
+        {"traceparent": "x" * 1000},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": 7},
+        {"tracestate": "only a state"},
+        ["not", "an", "object"],
+    ],
+)
+async def test_junk_trace_context_costs_the_trace_not_the_request(trace):
+    """A foreign producer's odd `trace` field: the request is answered all the same."""
+    url = f"memory://junk-trace-{uuid.uuid4().hex}"
+    redis = connect(url)
+
+    async def handler(method, params, call):
+        return "ran"
+
+    worker = Worker(handler, WorkerConfig(service="svc"), url)
+    serving = asyncio.create_task(worker.serve())
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 5)
+        env = Envelope(id="1", method="m", reply_to="c1", deadline=9e9, trace=trace)
+        await ServiceQueue(redis, "svc").enqueue([env.encode()])
+        (entry,) = await read(redis, "c1", START, 5)
+        assert decode_reply(entry[1])[:2] == ("1", "ran")
+    finally:
+        worker.stop()
+        await serving
+        await redis.aclose()

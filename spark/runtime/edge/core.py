@@ -271,8 +271,8 @@ class Edge:
         trace: dict[str, str] | None,
         client_id: str | None,
     ) -> Any:
-        """One request's outcome: a result or an exception (returned, never raised)."""
-        assert self.client is not None
+        """One request's outcome: a result or an exception (returned, never raised); under a
+        SERVER span continuing `trace` when tracing is on."""
         if tracing.ENABLED and tracing.wanted(trace):
             with tracing.server_span(
                 trace, service, req.method, req.id, name=f"edge {service}/{req.method}"
@@ -293,6 +293,7 @@ class Edge:
         idempotency_key: str | None,
         client_id: str | None,
     ) -> Any:
+        assert self.client is not None
         started = time.perf_counter()
         code = "ok"
         outcome: Any = None
