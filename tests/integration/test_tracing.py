@@ -19,11 +19,20 @@ from spark.client.websocket import WebSocketTransport
 from spark.errors import InternalError
 from spark.runtime.edge import EdgeConfig, EdgeServer
 from support.processes import WorkerProcess
-from support.traced_services import EXPORTER, span_dict
+from support.traced_services import EXPORTER, SAMPLER, span_dict
 
 pytestmark = pytest.mark.integration
 
 TARGET = "support.traced_services:TracedRpcNode"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def recording():
+    """Spans are recorded in this process during these tests only."""
+    SAMPLER.on = True
+    yield
+    SAMPLER.on = False
+    EXPORTER.clear()
 
 
 @pytest.fixture

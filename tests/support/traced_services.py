@@ -14,14 +14,32 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, Sampler, SamplingResult
 
 from spark import tracing
 from spark.client.pool import release_client, shared_client
 from spark.nodes.rpc import RpcNode
 
+
+class SwitchableSampler(Sampler):
+    """Records every span while `on`; the test process turns it off after its tracing tests,
+    so the rest of the session neither keeps spans in memory nor pays for recording them."""
+
+    on = True
+
+    def should_sample(self, parent_context, trace_id, name, *args, **kwargs) -> SamplingResult:
+        if not self.on:
+            return SamplingResult(Decision.DROP)
+        return ALWAYS_ON.should_sample(parent_context, trace_id, name, *args, **kwargs)
+
+    def get_description(self) -> str:
+        return "SwitchableSampler"
+
+
+SAMPLER = SwitchableSampler()
 EXPORTER = InMemorySpanExporter()
 if not os.environ.get("TRACED_API_ONLY"):
-    _provider = TracerProvider()
+    _provider = TracerProvider(sampler=SAMPLER)
     _provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
     trace.set_tracer_provider(_provider)
 
