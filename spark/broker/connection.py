@@ -2,13 +2,16 @@
 
 `redis://`, `rediss://` (TLS) and `unix://` go to a real Redis; `memory://[name]` is the
 embedded broker: a fakeredis server living in this process, shared by every client that
-names it. It is the default when no URL is given and `SPARK_REDIS_URL` is unset, so the
-library runs with nothing installed.
+names it. With no URL given and `SPARK_REDIS_URL` unset, library and CLIs alike use a
+Redis on localhost:6379 when one answers, else this (saying so once in the log).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import socket
 from urllib.parse import parse_qsl, urlencode, urlparse
 
 import redis.asyncio as aioredis
@@ -17,7 +20,7 @@ from redis.backoff import ExponentialBackoff
 
 ENV_URL = "SPARK_REDIS_URL"
 MEMORY_URL = "memory://"
-#: What the CLIs use when neither --redis nor SPARK_REDIS_URL is given.
+#: The default broker when a Redis answers on it (library and CLIs alike).
 CLI_DEFAULT_URL = "redis://localhost:6379/0"
 
 # Commands share a bounded pool that waits for a free connection instead of raising
@@ -25,14 +28,43 @@ CLI_DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_MAX_CONNECTIONS = 32
 POOL_WAIT_SECONDS = 10.0
 
+log = logging.getLogger("spark.broker")
+
 _memory_servers: dict[str, object] = {}
 
 
-def resolve_url(url: str | None = None, default: str = MEMORY_URL) -> str:
-    """The URL to use: the explicit one, else `$SPARK_REDIS_URL`, else `default`."""
+def resolve_url(url: str | None = None, default: str | None = None) -> str:
+    """The URL to use; one rule for the library and every CLI.
+
+    The explicit one, else `$SPARK_REDIS_URL`, else `default` when given, else a Redis on
+    localhost:6379 when one answers there, else the embedded broker (said once in the log:
+    only this process sees it, so a worker and a script started apart never meet on it).
+    """
     if url:
         return url
-    return os.environ.get(ENV_URL) or default
+    return os.environ.get(ENV_URL) or default or default_url()
+
+
+@functools.cache
+def default_url() -> str:
+    """`redis://localhost:6379/0` if a Redis listens there, else `memory://` (checked once)."""
+    if _local_redis_listens():
+        return CLI_DEFAULT_URL
+    log.warning(
+        "no broker URL given and $%s unset, and no Redis on localhost:6379: using the "
+        "embedded broker %s, which only this process can see",
+        ENV_URL,
+        MEMORY_URL,
+    )
+    return MEMORY_URL
+
+
+def _local_redis_listens() -> bool:
+    try:
+        with socket.create_connection(("localhost", 6379), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def is_memory(url: str) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from spark.aio import cancel_and_wait
+from spark.aio import cancel_and_wait, reraise_cancellation
 from spark.broker import UNREACHABLE
 from spark.broker.connection import connect
 from spark.broker.keys import ServiceKeys, client_channel
@@ -205,6 +205,7 @@ class NotificationListener:
     async def _listen(self, pubsub: Any) -> None:
         while not self._closed:
             msg = await pubsub.get_message(timeout=self.poll_timeout)
+            reraise_cancellation()  # redis-py may have swallowed one
             if msg is not None:
                 await self._deliver(msg)
 

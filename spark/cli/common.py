@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from spark import logs
-from spark.broker.connection import CLI_DEFAULT_URL, ENV_URL
+from spark.broker.connection import resolve_url
 
 
 def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
@@ -23,9 +23,15 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
         raise SystemExit(str(exc)) from None
 
 
+REDIS_HELP = (
+    "broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0 if a Redis "
+    "answers there, else the embedded broker)"
+)
+
+
 def cli_redis_url(explicit: str | None) -> str:
-    """--redis, else $SPARK_REDIS_URL, else a local Redis (what a deployed process expects)."""
-    return explicit or os.environ.get(ENV_URL) or CLI_DEFAULT_URL
+    """--redis, else the library's rule (`spark.broker.connection.resolve_url`)."""
+    return resolve_url(explicit)
 
 
 def load_target(spec: str) -> Any:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from spark import logs
 from spark.broker.connection import describe
-from spark.cli.common import cli_redis_url, install_stop_signals, setup_logging
+from spark.cli.common import REDIS_HELP, cli_redis_url, install_stop_signals, setup_logging
 from spark.logs import add_format_argument
 from spark.runtime.edge import EdgeConfig, run_edge
 
@@ -33,9 +33,7 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--redis", help="broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0)"
-    )
+    p.add_argument("--redis", help=REDIS_HELP)
     p.add_argument("--host", default=_DEFAULTS.host, help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=_DEFAULTS.port, help="default %(default)s")
     p.add_argument("--default-service", help="service answered on POST / and GET /ws")

@@ -12,8 +12,9 @@ Exit codes: 0 done; 1 the service answered with a JSON-RPC error (printed as JSO
 stderr) or the operation was refused or left incomplete (a full backlog, unknown ids);
 2 usage errors, or the broker or edge could not be reached.
 
-The broker is --redis, else $SPARK_REDIS_URL, else redis://localhost:6379/0 (except for
-`spark dev`, which uses its own embedded broker unless --redis is given).
+The broker is --redis, else the library's rule ($SPARK_REDIS_URL, else
+redis://localhost:6379/0 if a Redis answers there, else the embedded broker), except for
+`spark dev`, which uses its own embedded broker unless --redis is given.
 """
 
 from __future__ import annotations
@@ -33,13 +34,18 @@ from redis.exceptions import RedisError
 from spark.broker import UNREACHABLE, admin, connect, describe, registry
 from spark.broker.keys import check_name
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
-from spark.cli.common import cli_redis_url, install_stop_signals, load_target, setup_logging
+from spark.cli.common import (
+    REDIS_HELP,
+    cli_redis_url,
+    install_stop_signals,
+    load_target,
+    setup_logging,
+)
 from spark.errors import RpcError, ServiceUnavailableError, TransportError
 from spark.logs import add_format_argument
 from spark.runtime.overview import service_overview
 
 PROG = "spark"
-REDIS_HELP = "broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0)"
 #: Longest wait `spark status` spends measuring throughput by default.
 DEFAULT_SAMPLE_SECONDS = 3.0
 

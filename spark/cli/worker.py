@@ -15,7 +15,13 @@ import sys
 from spark.broker import connect, registry
 from spark.broker.connection import describe
 from spark.broker.keys import ServiceKeys
-from spark.cli.common import cli_redis_url, install_stop_signals, load_target, setup_logging
+from spark.cli.common import (
+    REDIS_HELP,
+    cli_redis_url,
+    install_stop_signals,
+    load_target,
+    setup_logging,
+)
 from spark.logs import add_format_argument
 from spark.runtime.supervisor import INDEX_ENV, Supervisor
 from spark.runtime.worker import WorkerConfig, run_worker, service_of
@@ -32,9 +38,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", help="module:Class or module:factory")
     p.add_argument("--service", help="service name (default: derived from the class name)")
-    p.add_argument(
-        "--redis", help="broker URL (default: $SPARK_REDIS_URL, then redis://localhost:6379/0)"
-    )
+    p.add_argument("--redis", help=REDIS_HELP)
     p.add_argument(
         "--concurrency",
         type=int,
@@ -75,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="exit 0 when a live worker of the service has a fresh heartbeat, else 1",
+    )
+    p.add_argument(
+        "--expose-errors",
+        action="store_true",
+        help="answer a handler's crash with its exception type and message in the error's "
+        "data (default: only 'Internal error'; the traceback is in the log either way)",
     )
     p.add_argument(
         "--metrics-port",
@@ -148,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     url = cli_redis_url(args.redis)
     target = load_target(args.target)
+    if args.expose_errors:
+        target.expose_errors = True
     service = service_of(target, args.service)
     if args.check:
         return asyncio.run(_check(url, service))

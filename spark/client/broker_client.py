@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from spark import tracing
-from spark.aio import Batcher, cancel_and_wait
+from spark.aio import Batcher, cancel_and_wait, reraise_cancellation
 from spark.broker import (
     UNREACHABLE,
     Envelope,
@@ -32,6 +32,7 @@ from spark.broker import (
 )
 from spark.broker import cancel as cancelling
 from spark.broker.cancel import CancelItem
+from spark.broker.connection import is_memory
 from spark.broker.envelope import decode_reply
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.context import inherited_deadline
@@ -42,6 +43,7 @@ from spark.errors import (
     RpcTimeoutError,
     ServiceUnavailableError,
 )
+from spark.lifetime import close_with_loop
 
 log = logging.getLogger("spark.client")
 
@@ -82,6 +84,8 @@ class BrokerClient:
         self._cancels: Batcher[tuple[str, CancelItem], None] = Batcher(self._send_cancels)
         self._cancelling: set[asyncio.Task] = set()
         self._reader: asyncio.Task | None = None
+        #: Set while calls wait for replies; the reader sleeps on it otherwise.
+        self._wanted = asyncio.Event()
         self._liveness: dict[str, tuple[float, int]] = {}
         self._seq = 0
         self._closed = False
@@ -95,11 +99,13 @@ class BrokerClient:
     @property
     def redis(self) -> aioredis.Redis:
         if self._redis is None:
+            close_with_loop(self)
             self._redis = connect(self.url)
         return self._redis
 
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.done():
+            close_with_loop(self)
             if self._blocking is None:
                 self._blocking = connect(
                     self.url,
@@ -138,6 +144,7 @@ class BrokerClient:
         q = self._queues.get(service)
         if q is None:
             if self._writer is None:
+                close_with_loop(self)
                 # Enqueues leave from one Batcher, one script call at a time: a dedicated
                 # connection spares the pool's bookkeeping on every call.
                 self._writer = connect(self.url, max_connections=1, dedicated=True)
@@ -220,6 +227,7 @@ class BrokerClient:
         reply = loop.create_future()
         self._pending[rid] = reply
         self._ensure_reader()
+        self._wanted.set()
         try:
             async with asyncio.timeout_at(loop.time() + waiting):
                 await self._enqueue(service, env.encode())
@@ -228,7 +236,7 @@ class BrokerClient:
             if cancel_on_abort and waiting >= remaining:
                 self.cancel(service, rid, idempotency_key)
             raise RpcTimeoutError(
-                f"no reply from {service!r} within {waiting:.3g}s",
+                f"no reply from {service!r} within {waiting:.3g}s{self._embedded_hint()}",
                 data={"service": service, "method": method},
             ) from None
         except asyncio.CancelledError:
@@ -333,8 +341,17 @@ class BrokerClient:
             cached = self._liveness[service] = (now, count)
         if cached[1] == 0:
             raise ServiceUnavailableError(
-                f"service {service!r} has no live workers", data={"service": service}
+                f"service {service!r} has no live workers{self._embedded_hint()}",
+                data={"service": service},
             )
+
+    def _embedded_hint(self) -> str:
+        if not is_memory(self.url):
+            return ""
+        return (
+            f" (on the embedded broker {self.url}, which only this process sees: set "
+            "SPARK_REDIS_URL, or pass a redis:// URL, to reach workers started elsewhere)"
+        )
 
     async def live_workers(self, service: str) -> int:
         return await registry.live_count(self.redis, self.queue(service).keys)
@@ -350,7 +367,16 @@ class BrokerClient:
                 if untrimmed >= replies.TRIM_EVERY or (untrimmed and not self._pending):
                     await replies.trim(self._blocking, self.client_id, last)
                     untrimmed = 0
+                reraise_cancellation()
+                if not self._pending:
+                    # Nothing to wait for: sleep on an event rather than in a blocking
+                    # read, which redis-py may not let a cancellation interrupt (a
+                    # program's loop shutdown would then wait out a whole read).
+                    self._wanted.clear()
+                    await self._wanted.wait()
+                    continue
                 batch = await replies.read(self._blocking, self.client_id, last, READ_BLOCK_SECONDS)
+                reraise_cancellation()
                 for _entry_id, item in batch:
                     self._resolve(item)
                 if batch:
@@ -360,6 +386,8 @@ class BrokerClient:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # redis-py may turn a cancellation into a connection error: honour it.
+                reraise_cancellation()
                 # Callers are bounded by their deadlines meanwhile; keep trying to read.
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
@@ -370,7 +398,8 @@ class BrokerClient:
 
     def _resolve(self, item: bytes) -> None:
         rid, result, error = decode_reply(item)
-        fut = self._pending.get(rid) if rid is not None else None
+        # Popped here, not by the caller: the reader then sees at once that nothing waits.
+        fut = self._pending.pop(rid, None) if rid is not None else None
         if fut is None or fut.done():
             return  # late or repeated: its caller has already been answered
         if error is not None:

@@ -33,6 +33,7 @@ from spark.errors import (
     RpcTimeoutError,
     UnauthorizedError,
 )
+from spark.lifetime import close_with_loop
 from spark.protocol import (
     ProtocolError,
     Request,
@@ -113,8 +114,11 @@ class _Base:
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
         on_notification: NotificationHandler | None = None,
+        connect_timeout: float | None = None,
     ):
         self.endpoint = endpoint
+        #: Seconds to open a connection (TCP + TLS, and the WebSocket handshake).
+        self.connect_timeout = connect_timeout
         self.service = service
         self.url = http_url(endpoint, service)
         self.ws_url = ws_url(endpoint, service, ws_endpoint)
@@ -135,9 +139,13 @@ class _Base:
         if self._closed:
             raise RpcConnectionError("transport closed")
         if self._session is None or self._session.closed:
+            close_with_loop(self)
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=0)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self.headers, json_serialize=None
+                connector=connector,
+                headers=self.headers,
+                json_serialize=None,
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
             )
         return self._session
 
@@ -149,6 +157,14 @@ class _Base:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+    async def close(self) -> None:
+        """Upstream's name for `aclose()`."""
+        await self.aclose()
+
+    def is_connected(self) -> bool:
+        """Upstream's check: a session is open (HTTP) or the socket is (WebSocket)."""
+        return self._session is not None and not self._session.closed
 
     def __del__(self) -> None:
         # A transport dropped without aclose() (a proxy in a short script) still releases its

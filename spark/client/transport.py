@@ -24,6 +24,7 @@ from spark.broker.keys import ServiceKeys, client_channel
 from spark.broker.notify import Notification, NotificationListener
 from spark.client.broker_client import BrokerClient
 from spark.client.pool import release_client, shared_client
+from spark.lifetime import close_with_loop
 
 #: Called with (method, params) for every notification the transport receives.
 NotificationHandler = Callable[[str, Any], Awaitable[None] | None]
@@ -103,6 +104,7 @@ class RedisTransport:
             if inspect.isawaitable(result):
                 await result
 
+        close_with_loop(self)
         self._listener = NotificationListener(
             self.client.url,
             forward,
@@ -126,6 +128,9 @@ class RedisTransport:
             idempotency_key=idempotency_key,
             state=state,
             wait=timeout,
+            # As the edge and `spark call` do: no live worker answers -32003 at once
+            # instead of waiting out the deadline.
+            require_workers=True,
         )
 
     def cancel(self, idempotency_key: str) -> None:
@@ -152,6 +157,13 @@ class RedisTransport:
                 return CallOutcome(error=exc)
 
         return list(await asyncio.gather(*(one(c) for c in calls)))
+
+    async def close(self) -> None:
+        """Upstream's name for `aclose()`."""
+        await self.aclose()
+
+    def is_connected(self) -> bool:
+        return self._client is not None and not self._client.closed
 
     async def aclose(self) -> None:
         if self._listener is not None:

@@ -89,6 +89,9 @@ class WebSocketTransport(_Base):
     def connected(self) -> bool:
         return self._ws is not None and not self._ws.closed
 
+    def is_connected(self) -> bool:
+        return self.connected
+
     async def connect(self, deadline: float | None = None) -> aiohttp.ClientWebSocketResponse:
         """The open connection, opening it first if needed (one attempt, after any backoff)."""
         if self._lock is None:
@@ -105,6 +108,8 @@ class WebSocketTransport(_Base):
                     )
                 await asyncio.sleep(wait)
             left = None if deadline is None else remaining(deadline)
+            if self.connect_timeout is not None:
+                left = self.connect_timeout if left is None else min(left, self.connect_timeout)
             try:
                 async with asyncio.timeout(left):
                     ws = await self.session.ws_connect(
@@ -147,6 +152,11 @@ class WebSocketTransport(_Base):
             self._lost(ws)
 
     def _lost(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # The reader was cancelled (loop shutdown): keep the socket for aclose() to
+            # close, and start nothing new on a loop that is going away.
+            return
         if self._ws is ws:
             self._ws = None
         error = RpcConnectionError(f"connection to {self.ws_url} closed")

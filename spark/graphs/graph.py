@@ -26,12 +26,16 @@ import asyncio
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spark.errors import SparkError
 from spark.graphs.event_bus import EventBus
 from spark.nodes.base import Node
 from spark.nodes.types import ExecutionContext, NodeMessage
+from spark.state.graph_state import GraphState
+
+if TYPE_CHECKING:
+    from spark.state.backend import StateBackend
 
 __all__ = ["DEFAULT_MAX_STEPS", "Graph", "MaxStepsExceededError"]
 
@@ -55,8 +59,10 @@ class Graph:
     def __init__(
         self,
         start: Node,
-        state: Any = None,
+        state: GraphState | None = None,
         *,
+        initial_state: Mapping[str, Any] | None = None,
+        state_backend: StateBackend | None = None,
         name: str | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
         event_bus: EventBus | None = None,
@@ -65,9 +71,18 @@ class Graph:
             raise TypeError(f"start must be a Node, got {start!r}")
         if max_steps < 1:
             raise ValueError("max_steps must be at least 1")
+        if state is not None and (initial_state is not None or state_backend is not None):
+            raise TypeError("give either state=GraphState(...) or initial_state/state_backend")
         self.start = start
-        #: Shared state object (e.g. a GraphState); handed to every node as context.graph_state.
-        self.state = state
+        #: Handed to every node as context.graph_state; a private in-memory GraphState (or
+        #: one on `state_backend`, seeded with `initial_state`) unless one is given.
+        self.state: GraphState = (
+            state
+            if state is not None
+            else GraphState(initial_state=initial_state, backend=state_backend)
+        )
+        #: A backend handed over as `state_backend` is the graph's to close.
+        self._owns_backend = state is None and state_backend is not None
         self.name = name or type(self).__name__
         self.max_steps = max_steps
         self.event_bus = event_bus if event_bus is not None else EventBus()
@@ -169,6 +184,28 @@ class Graph:
             raise
         await bus.publish("node.finished", {**info, "output": output.content})
         return node, output, targets
+
+    async def aclose(self) -> None:
+        """Close what the graph's nodes opened (proxies' connections, readers, sessions).
+
+        Nodes without an `aclose()` are skipped; a node shared with another graph is closed
+        too, and reopens by itself on its next use. A `state_backend` given to the
+        constructor is closed as well (a `state=` given whole stays the caller's).
+        """
+        for node in self.nodes:
+            close = getattr(node, "aclose", None)
+            if close is not None:
+                await close()
+        if self._owns_backend:
+            close = getattr(self.state.backend, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def __aenter__(self) -> Graph:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"Graph(name={self.name!r}, start={self.start!r})"

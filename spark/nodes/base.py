@@ -6,6 +6,7 @@ so that a `Graph` only needs a start node: it finds the rest by walking edges.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import uuid
@@ -104,6 +105,28 @@ class EdgeBuilder:
         return other
 
 
+def _keyword_names(cls: type) -> list[str]:
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        names += [p.name for p in params if p.kind in kinds and p.name != "self"]
+    return list(dict.fromkeys(names))
+
+
+def _unexpected(cls: type, kwargs: Mapping[str, Any]) -> TypeError:
+    name = next(iter(kwargs))
+    close = difflib.get_close_matches(name, _keyword_names(cls), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return TypeError(f"{cls.__name__}() got an unexpected keyword argument {name!r}{hint}")
+
+
 class Node:
     """A step of a graph. Subclasses override `process(context)` (async or plain `def`).
 
@@ -112,8 +135,8 @@ class Node:
     node then gets `{}`).
 
     `__init__` is cooperative: subclasses take their own arguments and pass `**kwargs` on.
-    Keywords this class does not know end up in `self.options` rather than raising, so a
-    subclass hierarchy can grow options without every layer naming them.
+    A keyword no class of the hierarchy names raises `TypeError` naming the closest valid
+    one (`RemoteRpcProxyNode(confg=...)` must not quietly become a default proxy).
     """
 
     def __init__(
@@ -127,9 +150,12 @@ class Node:
         self.name: str = name or type(self).__name__
         self.id: str = id or uuid.uuid4().hex[:12]
         self.description: str | None = description
-        self.options: dict[str, Any] = dict(kwargs)
+        if kwargs:
+            raise _unexpected(type(self), kwargs)
         #: The graph that ran (or holds) this node last; set by the graph, None until then.
         self.graph: Any = None
+        #: Set by the worker serving this node (notifications, state, the handler threads).
+        self.runtime: Any = None
         self._event_bus: EventPublisher | None = None
         self._edges: list[Edge] = []
 
@@ -165,14 +191,25 @@ class Node:
             },
             node_name=self.name,
         )
+        run_sync = getattr(self.runtime, "run_sync", None)
         try:
-            out = await self.invoke(context)
+            if run_sync is not None and not inspect.iscoroutinefunction(self.process):
+                # A plain `def process` served by a worker: in its handler threads, so the
+                # worker's loop (heartbeat, other requests) goes on meanwhile.
+                out = await run_sync(self.process, context)
+                if inspect.isawaitable(out):
+                    out = await out
+            else:
+                out = await self.invoke(context)
         except RpcError:
             raise
         except Exception as exc:
             # The caller learns that it failed, not how: tracebacks stay in the server's log.
             log.exception("%s.process raised", self.name)
-            raise InternalError(data={"method": method}) from exc
+            data = {"method": method}
+            if getattr(self, "expose_errors", False):  # set by `spark-worker --expose-errors`
+                data.update(type=type(exc).__name__, message=str(exc))
+            raise InternalError(data=data) from exc
         return out.content if isinstance(out, NodeMessage) else out
 
     # -- events ----------------------------------------------------------------

@@ -7,19 +7,78 @@ behind the edge (`start_server()`). Only attributes named `rpc_*` are ever calla
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import re
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from spark.broker.keys import default_service_name
 from spark.context import CallInfo, current_call
-from spark.errors import InternalError, InvalidParamsError, MethodNotFoundError, RpcError
+from spark.errors import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    TIMEOUT,
+    InternalError,
+    InvalidParamsError,
+    InvalidRequestError,
+    MethodNotFoundError,
+    ParseError,
+    RpcError,
+)
 from spark.nodes.base import Node
 from spark.nodes.types import ExecutionContext, NodeMessage
 
 log = logging.getLogger("spark.rpc")
+
+
+class JsonRpcError(RpcError):
+    """Upstream's JSON-RPC error: raise `JsonRpcError(code, message, data)` in a handler
+    (or a hook) to answer exactly that error."""
+
+    def __init__(self, code: int, message: str | None = None, data: Any = None) -> None:
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError(f"code must be an int, got {code!r}")
+        super().__init__(message, data, code=code)
+
+
+#: Upstream's constants (also in spark.errors under their JSON-RPC names).
+SERVER_ERROR = -32000
+TIMEOUT_ERROR = TIMEOUT
+
+__all__ = [
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "PARSE_ERROR",
+    "SERVER_ERROR",
+    "TIMEOUT_ERROR",
+    "InternalError",
+    "InvalidParamsError",
+    "InvalidRequestError",
+    "JsonRpcError",
+    "MethodNotFoundError",
+    "ParseError",
+    "RpcError",
+    "RpcNode",
+    "current_context",
+]
+
+_current_context: ContextVar[ExecutionContext | None] = ContextVar(
+    "spark_rpc_context", default=None
+)
+
+
+def current_context() -> ExecutionContext | None:
+    """The ExecutionContext of the request being handled (in hooks and handlers), else None."""
+    return _current_context.get()
+
 
 PREFIX = "rpc_"
 #: Topic prefix for notifications published on a local event bus (and by proxies).
@@ -37,12 +96,19 @@ def attribute_for(method: str) -> str | None:
 def split_input(content: Any, metadata: dict | None, default_method: str | None) -> tuple[str, Any]:
     """(method, params) from a node's input, the rule proxies and local RpcNodes share.
 
-    The method comes from `content["method"]`, else `metadata["rpc"]["method"]`, else
+    A str content is the method name (no params) when neither the metadata nor
+    `default_method` names one. Otherwise the method comes from
+    `content["method"]`, else `metadata["rpc"]["method"]`, else
     `default_method`, else `"process"`. Params are `content["params"]` when present, else
     the rest of the content.
     """
     method = None
     params: Any = content
+    rpc_meta = (metadata or {}).get("rpc")
+    named = isinstance(rpc_meta, dict) and isinstance(rpc_meta.get("method"), str)
+    if isinstance(content, str) and not named and not default_method:
+        # Upstream's shortest form: the content is the method name, called with no params.
+        return content, {}
     if isinstance(content, dict):
         method = content.get("method")
         if "params" in content:
@@ -80,9 +146,16 @@ class RpcNode(Node):
         ssl_ca_certs: str | None = None,
         redis_url: str | None = None,
         service: str | None = None,
+        request_timeout: float | None = None,
+        expose_errors: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        #: Default budget of a request that carries none (upstream's `request_timeout`).
+        self.request_timeout = request_timeout
+        #: Put the exception type and message in `data` of an `Internal error` answer
+        #: (off by default: messages may hold secrets; tracebacks stay in the log anyway).
+        self.expose_errors = expose_errors
         self.host = host
         self.port = port
         self.ssl_certfile = ssl_certfile
@@ -90,8 +163,6 @@ class RpcNode(Node):
         self.ssl_ca_certs = ssl_ca_certs
         self.redis_url = redis_url
         self.service = service or default_service_name(type(self).__name__)
-        #: Set by the runtime serving this node: publishes notifications and opens state.
-        self.runtime: Any = None
         self._signatures: dict[str, inspect.Signature] = {}
 
     # -- hooks -----------------------------------------------------------------------
@@ -106,12 +177,35 @@ class RpcNode(Node):
         `stop_server()` calls it too.
         """
 
-    async def before_request(self, method: str, params: Any, context: ExecutionContext) -> None:
-        """Runs before every handler; raise an RpcError to refuse the request."""
+    async def before_request(self, method: str, params: Any, request_id: Any) -> None:
+        """Runs before every handler (upstream's signature); raise to refuse the request.
 
-    async def after_request(self, method: str, result: Any, context: ExecutionContext) -> Any:
-        """Runs after every successful handler; a non-None return value replaces the result."""
+        An RpcError (or `JsonRpcError`) answers as raised; anything else is `Internal error`.
+        The full context is `self.current_context()`. An override whose third parameter is
+        named `context` gets the ExecutionContext instead of the request id.
+        """
+
+    async def after_request(
+        self, method: str, params: Any, request_id: Any, result: Any, error: str | None
+    ) -> Any:
+        """Runs after every handler, failed or not (upstream's signature).
+
+        `error` is the error message (None on success). On success a non-None return value
+        replaces the result. An override taking `(method, result, context)` is called the
+        older way: on success only, with the context.
+        """
         return None
+
+    @staticmethod
+    def current_context() -> ExecutionContext | None:
+        """The ExecutionContext of the request being handled (from hooks and handlers)."""
+        return _current_context.get()
+
+    async def on_websocket_connect(self, client_id: str, websocket: Any) -> None:
+        """Runs when a WebSocket client connects to the edge serving this node in-process."""
+
+    async def on_websocket_disconnect(self, client_id: str, websocket: Any = None) -> None:
+        """Runs when that client disconnects."""
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -127,7 +221,10 @@ class RpcNode(Node):
         attr = attribute_for(method)
         handler = getattr(self, attr, None) if attr else None
         if handler is None or not callable(handler):
-            raise MethodNotFoundError(data={"method": method} if isinstance(method, str) else None)
+            data: dict[str, Any] = {"available": self.list_methods()}
+            if isinstance(method, str):
+                data["method"] = method
+            raise MethodNotFoundError(data=data)
         return handler
 
     def _bind(self, attr: str, handler: Callable, params: Any, context: ExecutionContext):
@@ -152,17 +249,61 @@ class RpcNode(Node):
         """Run one method the way a remote caller would see it: a result or an RpcError."""
         handler = self._handler(method)
         args, kwargs = self._bind(attribute_for(method), handler, params, context)
+        token = _current_context.set(context)
         try:
-            await _maybe_await(self.before_request(method, params, context))
-            result = await _maybe_await(handler(*args, **kwargs))
-            replaced = await _maybe_await(self.after_request(method, result, context))
-        except RpcError:
-            raise
+            return await self._dispatch(method, params, context, handler, args, kwargs)
+        finally:
+            _current_context.reset(token)
+
+    async def _dispatch(self, method, params, context, handler, args, kwargs) -> Any:
+        hooks = _hook_styles(type(self))
+        request_id = (context.metadata.get("rpc") or {}).get("request_id")
+        try:
+            third = context if hooks.before_takes_context else request_id
+            await _maybe_await(self.before_request(method, params, third))
+            result = await self._run_handler(handler, args, kwargs)
         except Exception as exc:
-            # The caller learns that it failed, not how: tracebacks stay in the server's log.
-            log.exception("%s.%s raised", self.service, method)
-            raise InternalError(data={"method": method}) from exc
+            if not hooks.after_legacy:
+                await self._after_failure(method, params, request_id, exc)
+            raise self._answer_for(method, exc) from exc
+        try:
+            if hooks.after_legacy:
+                replaced = await _maybe_await(self.after_request(method, result, context))
+            else:
+                replaced = await _maybe_await(
+                    self.after_request(method, params, request_id, result, None)
+                )
+        except Exception as exc:
+            raise self._answer_for(method, exc) from exc
         return result if replaced is None else replaced
+
+    async def _run_handler(self, handler: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        if inspect.iscoroutinefunction(handler):
+            return await handler(*args, **kwargs)
+        runner = getattr(self.runtime, "run_sync", None)
+        if runner is not None:
+            # A plain `def` handler in a worker: a thread of the bounded pool, so the
+            # worker's loop (heartbeats, other requests) goes on meanwhile.
+            return await _maybe_await(await runner(handler, *args, **kwargs))
+        return await _maybe_await(handler(*args, **kwargs))
+
+    async def _after_failure(self, method: str, params: Any, request_id: Any, exc: Exception):
+        message = exc.message if isinstance(exc, RpcError) else str(exc) or type(exc).__name__
+        try:
+            await _maybe_await(self.after_request(method, params, request_id, None, message))
+        except Exception:
+            log.exception("%s.after_request raised after %s failed", self.service, method)
+
+    def _answer_for(self, method: str, exc: Exception) -> RpcError:
+        if isinstance(exc, RpcError):
+            return exc
+        # The caller learns that it failed, not how (unless expose_errors): tracebacks stay
+        # in the server's log.
+        log.error("%s.%s raised", self.service, method, exc_info=exc)
+        data: dict[str, Any] = {"method": method}
+        if self.expose_errors:
+            data.update(type=type(exc).__name__, message=str(exc))
+        return InternalError(data=data)
 
     async def handle_rpc(self, method: str, params: Any, call: CallInfo) -> Any:
         """The runtime's entry point (a worker `Handler`)."""
@@ -234,6 +375,34 @@ class RpcNode(Node):
         if server is not None:
             await server.stop()
 
+    async def shutdown(self) -> None:
+        """Upstream's name for `stop_server()`; also ends a running `serve_forever()`."""
+        stopped = getattr(self, "_stopped", None)
+        if stopped is not None:
+            stopped.set()
+        await self.stop_server()
+
+    async def serve_forever(self) -> None:
+        """Start serving (unless already) and block until cancelled (Ctrl-C) or shut down.
+
+        For server scripts: `asyncio.run(MyRpcNode(port=8000).serve_forever())`. Stops the
+        server on the way out, draining requests in flight.
+        """
+        if getattr(self, "_server", None) is None:
+            await self.start_server()
+        self._stopped = stopped = asyncio.Event()
+        try:
+            await stopped.wait()
+        finally:
+            await self.stop_server()
+
+    @property
+    def websocket_clients(self) -> dict[str, Any]:
+        """The WebSocket clients of the edge serving this node in-process, by client id."""
+        server = getattr(self, "_server", None)
+        clients = getattr(server, "websocket_clients", None)
+        return dict(clients) if clients is not None else {}
+
     # -- notifications ---------------------------------------------------------------
 
     async def broadcast_notification(self, method: str, params: Any = None) -> None:
@@ -246,11 +415,58 @@ class RpcNode(Node):
     async def send_notification_to_client(
         self, client_id: str | None, method: str, params: Any = None
     ) -> None:
-        """Tell one client; in a handler, `context.metadata["rpc"]["client_id"]` is the caller."""
+        """Tell one client; in a handler, `context.metadata["rpc"]["client_id"]` is the caller.
+
+        Raises ValueError (as upstream) when the client is known not to be connected: no
+        edge or proxy listens for that id, or (serving in-process) the id is neither one of
+        this node's WebSocket clients nor the caller being served. Outside a server (a node
+        in a local graph) the notification goes to the graph's event bus.
+        """
+        call = current_call.get()
         if client_id is None:
-            call = current_call.get()
             client_id = call.client_id if call else None
-        if self.runtime is not None and client_id is not None:
-            await self.runtime.notify(self.service, client_id, method, params)
-        else:
+        if self.runtime is None:
             await self.publish_event(f"{NOTIFICATION_TOPIC_PREFIX}.{method}", params)
+            return
+        if client_id is None:
+            raise ValueError("send_notification_to_client needs a client id outside a request")
+        server = getattr(self, "_server", None)
+        caller = call.client_id if call else None
+        if server is not None and client_id != caller and client_id not in self.websocket_clients:
+            raise ValueError(f"client {client_id!r} is not connected")
+        if await self.runtime.notify(self.service, client_id, method, params) == 0:
+            raise ValueError(f"client {client_id!r} is not connected (nobody listens for it)")
+
+
+class _HookStyles:
+    __slots__ = ("after_legacy", "before_takes_context")
+
+    def __init__(self, before_takes_context: bool, after_legacy: bool) -> None:
+        self.before_takes_context = before_takes_context
+        self.after_legacy = after_legacy
+
+
+_STYLES: dict[type, _HookStyles] = {}
+
+
+def _positional_names(fn: Callable[..., Any]) -> list[str]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in kinds and p.name != "self"]
+
+
+def _hook_styles(cls: type) -> _HookStyles:
+    """Which signature a class's hooks were written for: upstream's, or this project's older
+    `(method, params, context)` / `(method, result, context)` one."""
+    styles = _STYLES.get(cls)
+    if styles is None:
+        before = _positional_names(cls.before_request)  # type: ignore[attr-defined]
+        after = _positional_names(cls.after_request)  # type: ignore[attr-defined]
+        styles = _STYLES[cls] = _HookStyles(
+            before_takes_context=len(before) >= 3 and before[2] in ("context", "ctx"),
+            after_legacy=len(after) == 3,
+        )
+    return styles

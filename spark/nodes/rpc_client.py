@@ -34,8 +34,9 @@ from __future__ import annotations
 import importlib
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from tenacity import (
     AsyncRetrying,
@@ -49,26 +50,42 @@ from tenacity import (
 from spark.broker import resolve_url
 from spark.context import inherited_deadline
 from spark.errors import RpcError, RpcTimeoutError, TransportError
+from spark.lifetime import close_with_loop
 from spark.nodes.base import Node
 from spark.nodes.policies import CircuitBreaker, Transition
 from spark.nodes.rpc import NOTIFICATION_TOPIC_PREFIX, split_input
 from spark.nodes.types import ExecutionContext
 
-TRANSPORTS = ("http", "websocket", "redis")
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "memory://", "memory:")
+
+
+TransportName = Literal["http", "websocket", "redis"]
+TRANSPORTS: tuple[TransportName, ...] = get_args(TransportName)
+#: The endpoint http/websocket proxies use when none is given (upstream's default).
+DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
+#: The budget a call gets with `request_timeout=None`: no limit of the client's own, so the
+#: server's (the edge's default timeout, the handler's deadline) is what ends a call.
+UNBOUNDED_BUDGET = 3600.0
 
 
 @dataclass
 class RemoteRpcProxyConfig:
-    #: `http(s)://host:port[/service]` for http/websocket; the broker URL for redis.
-    endpoint: str = "http://localhost:8000"
-    transport: str = "http"
+    #: `http(s)://host:port[/service]` for http/websocket (default DEFAULT_ENDPOINT); for
+    #: redis, a broker URL or nothing (the broker rule of `spark.broker.resolve_url`).
+    endpoint: str | None = None
+    transport: TransportName = "http"
     #: Service name (required for transport="redis"; appended to the endpoint for http/ws).
     service: str | None = None
     #: WebSocket URL; default: the endpoint with ws(s):// and `/ws` appended.
     ws_endpoint: str | None = None
     #: Seconds one attempt may take; also bounded by the deadline of the request being served.
-    request_timeout: float = 30.0
+    #: None: no client-side limit (UNBOUNDED_BUDGET), the server's own limits apply.
+    request_timeout: float | None = 30.0
+    #: Seconds to open a connection (the WebSocket handshake, an HTTP connect).
+    connect_timeout: float = 10.0
+    #: Upstream's switch; the WebSocket is opened on first use either way (and reopened
+    #: after a drop), `await proxy.connect()` opens it beforehand.
+    auto_connect_websocket: bool = True
     headers: dict[str, str] = field(default_factory=dict)
     default_method: str | None = None
     #: Send calls as notifications (no answer; `process()` returns None).
@@ -90,34 +107,62 @@ class RemoteRpcProxyConfig:
     total_timeout: float | None = None
     #: A breaker around every call (its retries included); events go to the graph's bus.
     circuit_breaker: CircuitBreaker | None = None
-    #: Put server notifications on the graph's event bus.
-    forward_notifications: bool = True
+    #: Put server notifications on the graph's event bus (upstream's name).
+    forward_notifications_to_event_bus: bool = True
+    #: Older name of `forward_notifications_to_event_bus`; overrides it when given.
+    forward_notifications: bool | None = None
     notification_topic_prefix: str = NOTIFICATION_TOPIC_PREFIX
     notification_topic_key: str = "topic"
     notification_payload_key: str = "payload"
+    #: Node fields upstream's config carries: the proxy node's id, name and description.
+    id: str | None = None
+    name: str | None = None
+    description: str | None = None
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
-        if self.transport == "redis" and not self.service:
-            raise ValueError('transport="redis" needs service="name"')
+        if self.transport == "redis":
+            if not self.service:
+                raise ValueError('transport="redis" needs service="name"')
+            if self.endpoint and not self.endpoint.startswith(_BROKER_SCHEMES):
+                raise ValueError(
+                    f'transport="redis" talks to the broker, not to {self.endpoint!r}: give a '
+                    "broker URL (redis://...) as endpoint, or none ($SPARK_REDIS_URL), or use "
+                    'transport="http" to go through that edge'
+                )
+        elif self.endpoint is None:
+            self.endpoint = DEFAULT_ENDPOINT
+        if self.forward_notifications is not None:
+            self.forward_notifications_to_event_bus = self.forward_notifications
         if self.max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        if self.request_timeout <= 0:
-            raise ValueError("request_timeout must be > 0")
+        if self.request_timeout is not None and self.request_timeout <= 0:
+            raise ValueError("request_timeout must be > 0 (or None: no client-side limit)")
+
+    @property
+    def attempt_timeout(self) -> float:
+        """Seconds one attempt waits (`request_timeout`, or UNBOUNDED_BUDGET for None)."""
+        return UNBOUNDED_BUDGET if self.request_timeout is None else self.request_timeout
 
     def retry_waits(self) -> list[float]:
         """The waits between attempts, without jitter (the seed's config: [1.0, 2.0, 4.0])."""
         wait = _wait(self, jitter=False)
         return [wait(_FakeAttempt(n)) for n in range(1, self.max_retries + 1)]
 
-    def call_budget(self) -> float:
-        """Seconds one call may take, every attempt and wait included."""
-        if self.total_timeout is not None:
+    def call_budget(self, attempt: float | None = None) -> float:
+        """Seconds one call may take, every attempt and wait included (`attempt`: a
+        per-call override of `request_timeout`, which `total_timeout` does not cap)."""
+        if self.total_timeout is not None and attempt is None:
             return self.total_timeout
+        per_attempt = self.attempt_timeout if attempt is None else attempt
         if self.max_retries == 0:
-            return self.request_timeout
-        return self.request_timeout * (self.max_retries + 1) + sum(self.retry_waits())
+            return per_attempt
+        return per_attempt * (self.max_retries + 1) + sum(self.retry_waits())
+
+
+#: A per-call `request_timeout` (`call(timeout=...)`), seen by every attempt of that call.
+_timeout_override: ContextVar[float | None] = ContextVar("spark_proxy_timeout", default=None)
 
 
 class _FakeAttempt:
@@ -160,8 +205,7 @@ def _make_transport(config: RemoteRpcProxyConfig):
     if config.transport == "redis":
         from spark.client.transport import RedisTransport
 
-        url = config.endpoint if config.endpoint.startswith(_BROKER_SCHEMES) else None
-        return RedisTransport(resolve_url(url), config.service)
+        return RedisTransport(resolve_url(config.endpoint), config.service)
     module, name = {
         "http": ("spark.client.http", "HttpTransport"),
         "websocket": ("spark.client.websocket", "WebSocketTransport"),
@@ -176,6 +220,7 @@ def _make_transport(config: RemoteRpcProxyConfig):
         ssl_ca_certs=config.ssl_ca_certs,
         ssl_certfile=config.ssl_certfile,
         ssl_keyfile=config.ssl_keyfile,
+        connect_timeout=config.connect_timeout,
     )
 
 
@@ -189,23 +234,38 @@ def _state_namespace(graph_state: Any) -> str | None:
 
 class RemoteRpcProxyNode(Node):
     def __init__(self, config: RemoteRpcProxyConfig | None = None, **kwargs: Any) -> None:
+        config = config or RemoteRpcProxyConfig()
+        for field_name in ("id", "name", "description"):
+            if kwargs.get(field_name) is None and getattr(config, field_name) is not None:
+                kwargs[field_name] = getattr(config, field_name)
         super().__init__(**kwargs)
-        self.config = config or RemoteRpcProxyConfig()
+        self.config = config
         self._transport: Any = None
 
     @property
-    def transport(self):
+    def transport(self) -> Any:
         if self._transport is None:
+            close_with_loop(self)
             self._transport = _make_transport(self.config)
-            if self.config.forward_notifications:
+            if self.config.forward_notifications_to_event_bus:
                 self._transport.on_notification = self._on_notification
         return self._transport
+
+    async def _ensure_transport(self) -> Any:
+        """The transport, made if needed (upstream's name, used by its docs' examples)."""
+        return self.transport
+
+    async def connect(self) -> None:
+        """Open the connection now rather than on the first call (WebSocket transport)."""
+        connect = getattr(self.transport, "connect", None)
+        if connect is not None:
+            await connect()
 
     # -- calling -----------------------------------------------------------------------
 
     def _deadline(self, budget: float | None = None) -> float:
         """Now + `budget` (default request_timeout), never past the inherited deadline."""
-        deadline = time.time() + (self.config.request_timeout if budget is None else budget)
+        deadline = time.time() + (self.config.attempt_timeout if budget is None else budget)
         inherited = inherited_deadline()
         return min(deadline, inherited) if inherited is not None else deadline
 
@@ -231,13 +291,25 @@ class RemoteRpcProxyNode(Node):
         idempotency_key: str | None = None,
         state: str | None = None,
         notify: bool | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Call the remote method (with the configured retries) and return its result.
 
         With retries on, every attempt of one call carries the same idempotency key (one
         is made up when the caller gave none), so a retry after a lost answer is answered
-        from the first run instead of running the handler again.
+        from the first run instead of running the handler again. `timeout` replaces
+        `request_timeout` for this call (upstream's `metadata["rpc"]["timeout"]`).
         """
+        if timeout is not None:
+            if not timeout > 0:
+                raise ValueError("timeout must be > 0")
+            token = _timeout_override.set(timeout)
+            try:
+                return await self.call(
+                    method, params, idempotency_key=idempotency_key, state=state, notify=notify
+                )
+            finally:
+                _timeout_override.reset(token)
         breaker = self.config.circuit_breaker
         if breaker is None:
             return await self._call(method, params, idempotency_key, state, notify)
@@ -261,7 +333,7 @@ class RemoteRpcProxyNode(Node):
     ) -> Any:
         cfg = self.config
         as_notification = cfg.notify if notify is None else notify
-        deadline = self._deadline(cfg.call_budget())
+        deadline = self._deadline(cfg.call_budget(_timeout_override.get()))
         if cfg.max_retries == 0:
             return await self._attempt(
                 method, params, idempotency_key, state, as_notification, deadline
@@ -296,7 +368,8 @@ class RemoteRpcProxyNode(Node):
             return None
         # Wait one request_timeout for this attempt; the request itself may live until the
         # call's deadline, for a retry to collect its answer.
-        wait = self.config.request_timeout
+        override = _timeout_override.get()
+        wait = self.config.attempt_timeout if override is None else override
         timeout = wait if time.time() + wait < deadline else None
         return await self.transport.call(
             method, params, deadline=deadline, idempotency_key=key, state=state, timeout=timeout
@@ -314,11 +387,22 @@ class RemoteRpcProxyNode(Node):
 
     async def process(self, context: ExecutionContext) -> Any:
         inputs = context.inputs
-        method, params = split_input(inputs.content, inputs.metadata, self.config.default_method)
+        content = inputs.content
+        notify = None
+        if isinstance(content, dict) and content.get("notify") is True:
+            # Upstream's "send this as a notification" flag, not a parameter.
+            notify, content = True, {k: v for k, v in content.items() if k != "notify"}
+        method, params = split_input(content, inputs.metadata, self.config.default_method)
         rpc_meta = (inputs.metadata or {}).get("rpc")
-        key = rpc_meta.get("idempotency_key") if isinstance(rpc_meta, dict) else None
+        rpc_meta = rpc_meta if isinstance(rpc_meta, dict) else {}
+        timeout = rpc_meta.get("timeout")
         return await self.call(
-            method, params, idempotency_key=key, state=_state_namespace(context.graph_state)
+            method,
+            params,
+            idempotency_key=rpc_meta.get("idempotency_key"),
+            state=_state_namespace(context.graph_state),
+            notify=notify,
+            timeout=timeout if isinstance(timeout, int | float) and timeout > 0 else None,
         )
 
     # -- notifications -----------------------------------------------------------------

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -9,13 +14,22 @@ import redis.asyncio as aioredis
 from spark.broker import connect, notify
 from spark.context import CallInfo
 
+#: Namespace of a service's own GraphState (when the caller's envelope names none).
+SERVICE_STATE_PREFIX = "service:"
+
 
 class ServiceHost:
     """Bound to a served node as `node.runtime` by the worker that serves it."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, service: str | None = None, threads: int = 16):
         self.url = url
+        self.service = service
+        #: Plain `def` handlers run here: at most `threads` at once (the worker's
+        #: concurrency), never on the event loop.
+        self.threads = threads
+        self._executor: ThreadPoolExecutor | None = None
         self._redis: aioredis.Redis | None = None
+        self._own_state: Any = None
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -29,14 +43,30 @@ class ServiceHost:
         return await notify.publish(self.redis, service, client_id, method, params)
 
     def state_for(self, call: CallInfo) -> Any:
-        """The caller's Redis-backed GraphState when its envelope named one, else None."""
-        if not call.state_namespace:
-            return None
+        """The caller's Redis-backed GraphState when its envelope named one, else the
+        service's own (namespace `service:<name>`, shared by every worker of the service)."""
         from spark.state import GraphState, RedisBackend
 
-        return GraphState(backend=RedisBackend(self.redis, namespace=call.state_namespace))
+        if call.state_namespace:
+            return GraphState(backend=RedisBackend(self.redis, namespace=call.state_namespace))
+        if self._own_state is None:
+            namespace = SERVICE_STATE_PREFIX + (self.service or call.service)
+            self._own_state = GraphState(backend=RedisBackend(self.redis, namespace=namespace))
+        return self._own_state
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a plain function in the bounded thread pool, with the caller's contextvars."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="spark-handler")
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def aclose(self) -> None:
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            # Threads still running (a handler past its deadline) cannot be stopped: leave
+            # them to finish instead of blocking the loop on them.
+            executor.shutdown(wait=False, cancel_futures=True)
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from typing import Any
 
@@ -80,13 +81,23 @@ class NodeServer:
             ssl_ca_certs=getattr(node, "ssl_ca_certs", None),
             **self.edge_options,
         )
+        edge = EdgeServer(config)
+        edge.edge.on_connect = _hook_of(node, "on_websocket_connect")
+        edge.edge.on_disconnect = _hook_of(node, "on_websocket_disconnect")
         try:
-            self.edge = await EdgeServer(config).start()
+            self.edge = await edge.start()
         except BaseException:
             await self._stop_worker()
             raise
         log.info("%s serving %r on %s", type(node).__name__, self.service, self.edge.url)
         return self
+
+    @property
+    def websocket_clients(self) -> dict[str, Any]:
+        """The open WebSocket connections of this server's edge, by client id."""
+        if self.edge is None:
+            return {}
+        return {cid: conn.ws for cid, conn in self.edge.edge.sockets.items()}
 
     async def stop(self) -> None:
         if self.edge is not None:
@@ -106,3 +117,26 @@ class NodeServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _hook_of(node: Any, name: str) -> Any:
+    """The node's `name(client_id, ws)` hook, called with `(client_id)` alone when that is
+    all it takes (both forms appear in upstream's docs); None when it has none."""
+    hook = getattr(node, name, None)
+    if hook is None:
+        return None
+    try:
+        positional = [
+            p
+            for p in inspect.signature(hook).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+    except (TypeError, ValueError):
+        positional = []
+    if len(positional) == 1:
+
+        async def call_with_id(client_id: str, _ws: Any) -> None:
+            await hook(client_id)
+
+        return call_with_id
+    return hook

@@ -670,8 +670,8 @@ async def run_worker(
     way in-flight requests are drained first.
     """
     url = resolve_url(url)
-    host = ServiceHost(url)
     name = service_of(target, service)
+    host = ServiceHost(url, service=name, threads=options.get("concurrency", 16))
     if hasattr(target, "runtime"):
         target.runtime = host
     if hasattr(target, "service"):

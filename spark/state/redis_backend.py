@@ -32,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from spark.aio import reraise_cancellation
 from spark.broker.connection import connect, describe, resolve_url
 from spark.broker.state import HashValueError, StateStore, check_namespace
+from spark.lifetime import close_with_loop
 from spark.state.backend import LoopLocks, StateBackend, StateTransactionHandle
 from spark.state.errors import (
     StateConflictError,
@@ -121,6 +122,7 @@ class RedisBackend(StateBackend):
             return self._store
         bound = (os.getpid(), asyncio.get_running_loop())
         if self._store is None or self._bound != bound:
+            close_with_loop(self)  # a script that never closes its state still exits cleanly
             self._client = connect(self.url)
             self._store = StateStore(self._client, self.namespace, ttl_ms=self._ttl_ms())
             self._bound = bound

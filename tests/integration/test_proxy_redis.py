@@ -77,7 +77,8 @@ async def test_errors_raise_the_matching_rpc_error(pool, redis_url):
         with pytest.raises(MethodNotFoundError) as info:
             await proxy.process(ctx({"method": "nope"}))
         assert info.value.code == -32601
-        assert info.value.data == {"method": "nope"}
+        assert info.value.data["method"] == "nope"
+        assert "echo" in info.value.data["available"]
         # Array params are positional: rpc_echo(params, context) takes one, not three.
         with pytest.raises(InvalidParamsError):
             await proxy.process(ctx({"method": "echo", "params": [1, 2, 3]}))
@@ -152,8 +153,12 @@ async def test_graph_state_is_shared_with_remote_handlers(pool, redis_url):
     assert await state.get("hits") == 10
     pids = {int(k.removeprefix("seen_by_")) for k in await state.keys() if k.startswith("seen_by")}
     assert pids <= {w.pid for w in workers} and pids
-    # Without a Redis-backed state the handler gets none.
-    assert await proxy.process(ctx({"method": "state_incr"})) == {"state": None}
+    # Without a Redis-backed state of the caller's, the handler gets its service's own,
+    # shared by every worker of the service and apart from the caller's.
+    first = await proxy.process(ctx({"method": "state_incr", "key": "service_hits"}))
+    second = await proxy.process(ctx({"method": "state_incr", "key": "service_hits"}))
+    assert (first, second) == ({"value": 1}, {"value": 2})
+    assert await state.get("service_hits") is None
     await proxy.aclose()
     await state.backend.aclose()
 

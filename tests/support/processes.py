@@ -33,13 +33,20 @@ def live_workers(url: str, service: str) -> int:
 
 
 class WorkerProcess:
-    def __init__(self, target: str, url: str, *args: str, service: str | None = None):
+    def __init__(
+        self,
+        target: str,
+        url: str,
+        *args: str,
+        service: str | None = None,
+        cwd: str | None = None,
+    ):
         self.service = service
         cmd = [sys.executable, "-m", "spark.cli.worker", target, "--redis", url, *args]
         if service:
             cmd += ["--service", service]
         self.url = url
-        self.proc = subprocess.Popen(cmd, env=env())
+        self.proc = subprocess.Popen(cmd, env=env(), cwd=cwd)
 
     @property
     def pid(self) -> int:

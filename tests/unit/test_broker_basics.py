@@ -336,13 +336,38 @@ def test_resolve_url_env_beats_default(monkeypatch):
     assert resolve_url(None, default="redis://other/0") == "redis://env-host:6379/0"
 
 
-def test_resolve_url_defaults_to_embedded_broker(monkeypatch):
+@pytest.fixture
+def local_redis(monkeypatch):
+    """Set whether a Redis 'answers' on localhost:6379, for the default rule."""
+    import spark.broker.connection as connection
+
+    def set_listening(listening: bool) -> None:
+        monkeypatch.setattr(connection, "_local_redis_listens", lambda: listening)
+        connection.default_url.cache_clear()
+
+    yield set_listening
+    connection.default_url.cache_clear()
+
+
+def test_resolve_url_defaults_to_embedded_broker(monkeypatch, local_redis, caplog):
+    local_redis(False)
     monkeypatch.delenv(ENV_URL, raising=False)
     assert resolve_url() == MEMORY_URL == "memory://"
+    assert resolve_url() == MEMORY_URL
+    assert caplog.text.count("embedded broker") == 1  # said once
     assert resolve_url(None, default="redis://fallback/0") == "redis://fallback/0"
 
 
-def test_resolve_url_ignores_empty_env(monkeypatch):
+def test_resolve_url_defaults_to_a_local_redis_when_one_answers(monkeypatch, local_redis):
+    from spark.cli.common import cli_redis_url
+
+    local_redis(True)
+    monkeypatch.delenv(ENV_URL, raising=False)
+    assert resolve_url() == "redis://localhost:6379/0" == cli_redis_url(None)
+
+
+def test_resolve_url_ignores_empty_env(monkeypatch, local_redis):
+    local_redis(False)
     monkeypatch.setenv(ENV_URL, "")
     assert resolve_url() == MEMORY_URL
 

@@ -9,6 +9,7 @@ import pytest
 from spark.errors import RpcError, ServiceUnavailableError
 from spark.graphs import EventBus, Graph, MaxStepsExceededError
 from spark.nodes import Node, NodeMessage
+from spark.state import GraphState, MemoryBackend
 
 
 class Add(Node):
@@ -346,12 +347,19 @@ async def test_graph_state_is_on_every_context_and_run_state_is_per_run():
     assert ctx.run_id
 
 
-async def test_graph_state_defaults_to_none():
+async def test_graph_state_defaults_to_a_private_memory_state():
     probe = Record(output={})
-    graph = Graph(start=probe)
+    graph = Graph(start=probe, initial_state={"n": 1})
     await graph.run()
-    assert graph.state is None
-    assert probe.contexts[0].graph_state is None
+    assert isinstance(graph.state, GraphState)
+    assert probe.contexts[0].graph_state is graph.state
+    assert await graph.state.get("n") == 1
+    assert Graph(start=probe).state is not graph.state
+
+
+def test_graph_refuses_state_together_with_initial_state():
+    with pytest.raises(TypeError):
+        Graph(start=Record(output={}), state=GraphState(), initial_state={"n": 1})
 
 
 async def test_nodes_are_discovered_and_attached():
@@ -436,3 +444,29 @@ async def test_failing_subscriber_does_not_fail_the_run():
 
     graph.event_bus.subscribe("*", broken)
     assert (await graph.run({"value": 1})).content == {"value": 2}
+
+
+async def test_async_with_graph_closes_its_nodes_and_the_backend_it_was_given():
+    closed: list[str] = []
+
+    class Closing(Node):
+        async def process(self, context):
+            return {}
+
+        async def aclose(self):
+            closed.append(self.name)
+
+    class Backend(MemoryBackend):
+        async def aclose(self):
+            closed.append("backend")
+            await super().aclose()
+
+    a, b = Closing(name="a"), Closing(name="b")
+    a >> b
+    async with Graph(start=a, state_backend=Backend()) as graph:
+        await graph.run()
+    assert closed == ["a", "b", "backend"]
+    closed.clear()
+    async with Graph(start=a, state=GraphState(backend=Backend())):
+        pass
+    assert closed == ["a", "b"]  # a state given whole stays open

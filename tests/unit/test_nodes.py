@@ -77,10 +77,22 @@ def test_name_defaults_to_class_name_and_ids_are_unique():
     assert Echo(name="custom", id="n1").id == "n1"
 
 
-def test_unknown_keywords_are_kept_not_rejected():
-    node = Echo(name="x", description="echoes", retries=3)
-    assert node.description == "echoes"
-    assert node.options == {"retries": 3}
+def test_unknown_keywords_are_rejected_with_the_closest_name():
+    assert Echo(name="x", description="echoes").description == "echoes"
+    with pytest.raises(TypeError, match=r"'descripton'.*did you mean 'description'"):
+        Echo(descripton="echoes")
+    with pytest.raises(TypeError, match="'retries'"):
+        Echo(retries=3)
+
+
+def test_unknown_keywords_of_rpc_and_proxy_nodes_are_rejected():
+    from spark.nodes.rpc import RpcNode
+    from spark.nodes.rpc_client import RemoteRpcProxyNode
+
+    with pytest.raises(TypeError, match="did you mean 'config'"):
+        RemoteRpcProxyNode(confg=None)
+    with pytest.raises(TypeError, match="did you mean 'expose_errors'"):
+        RpcNode(expose_error=True)
 
 
 def test_subclass_with_own_positional_argument():

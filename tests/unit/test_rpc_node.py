@@ -293,7 +293,7 @@ async def test_unreachable_via_dispatch(method):
     with pytest.raises(MethodNotFoundError) as info:
         await node.dispatch(method, {}, ctx())
     assert info.value.code == -32601
-    assert info.value.data == {"method": method}
+    assert info.value.data == {"method": method, "available": node.list_methods()}
     assert node.ran == []
 
 
@@ -694,7 +694,9 @@ async def test_three_ways_one_answer(method, params):
         ({"id": 7}, None, None, ("process", {"id": 7})),
         ({"id": 7, "params": {"id": 8}}, None, None, ("process", {"id": 8})),
         ({}, None, None, ("process", {})),
-        ("text", None, None, ("process", "text")),
+        ("getData", None, None, ("getData", {})),
+        ("text", None, "d", ("d", "text")),
+        ("text", {"rpc": {"method": "m"}}, None, ("m", "text")),
         ([1, 2], {"rpc": {"method": "sum"}}, None, ("sum", [1, 2])),
         (None, None, "d", ("d", None)),
     ],

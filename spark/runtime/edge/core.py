@@ -21,6 +21,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -119,6 +120,10 @@ class Edge:
         #: Open WebSocket connections by client id, and by the service they are connected to.
         self.sockets: dict[str, WsConnection] = {}
         self.by_service: dict[str, set[WsConnection]] = defaultdict(set)
+        #: Awaited as `on_connect(client_id, ws)` / `on_disconnect(client_id, ws)` around
+        #: each WebSocket connection (a node served in-process: its upstream-style hooks).
+        self.on_connect: Callable[[str, Any], Awaitable[None]] | None = None
+        self.on_disconnect: Callable[[str, Any], Awaitable[None]] | None = None
 
     # -- lifecycle (an aiohttp cleanup context) ------------------------------------------------
 

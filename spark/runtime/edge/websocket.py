@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -208,6 +209,7 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
     edge.register(conn)
     conn.start()
     try:
+        await _hook(edge.on_connect, conn.client_id, ws)
         async for msg in ws:
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                 conn.received(msg.data)
@@ -216,4 +218,15 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
                 break
     finally:
         await conn.finish()
+        await _hook(edge.on_disconnect, conn.client_id, ws)
     return ws
+
+
+async def _hook(hook: Any, client_id: str, ws: web.WebSocketResponse) -> None:
+    """A connect/disconnect hook; one that fails is logged, the connection goes on."""
+    if hook is None:
+        return
+    try:
+        await hook(client_id, ws)
+    except Exception:
+        log.exception("websocket %s: connection hook failed", client_id)
