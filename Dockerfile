@@ -9,20 +9,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first (cached while only the code changes), then the code.
-COPY pyproject.toml ./
-RUN mkdir -p spark workers \
-    && touch spark/__init__.py workers/__init__.py README.md \
+COPY pyproject.toml README.md LICENSE ./
+RUN mkdir -p spark \
+    && touch spark/__init__.py \
     && pip install . \
     && pip uninstall -y spark-rpc \
-    && rm -rf spark workers README.md build *.egg-info
+    && rm -rf spark build *.egg-info
 
 COPY spark ./spark
 COPY workers ./workers
-COPY README.md ./
 RUN pip install --no-deps . && rm -rf build *.egg-info
 
-# The services import `workers` from /app too (spark-worker puts its working directory on
-# sys.path), so the Lua scripts and the model file are there even from a plain install.
+# The services import `workers` from /app (the wheel ships only `spark`; spark-worker puts
+# its working directory on sys.path), Lua scripts and model file included.
 RUN useradd --create-home --uid 10001 spark
 USER spark
 

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 REDIS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis-server chromium lint test test-unit test-integration demo bench lab soak clean
+.PHONY: venv redis-server chromium lint test test-on test-unit test-integration demo bench lab soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,17 +34,37 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# CI: the full suite with coverage on the venv's Python (3.11), then the unit tier on
+# each of EXTRA_PYTHONS (`make test EXTRA_PYTHONS=` skips them).
+EXTRA_PYTHONS ?= 3.12 3.13
+PYENV_ROOT ?= $(HOME)/.pyenv
+COVERAGE := --cov=spark --cov-report=term:skip-covered
+
 test: venv redis-server chromium lint
-	$(BIN)/pytest -q
+	@$(BIN)/python -c 'import sys; print("full suite on Python", sys.version.split()[0])'
+	$(BIN)/pytest -q $(COVERAGE)
+	@for v in $(EXTRA_PYTHONS); do $(MAKE) --no-print-directory test-on PYV=$$v || exit 1; done
+
+# The unit tier on Python $(PYV), in .venv-$(PYV); skipped with a line when not installed.
+test-on:
+	@py=$$(ls -d $(PYENV_ROOT)/versions/$(PYV).*/bin/python3 2>/dev/null | sort -V | tail -1); \
+	py=$${py:-$$(command -v python$(PYV))}; \
+	if [ -z "$$py" ]; then echo "Python $(PYV) is not installed: skipping its unit tier"; exit 0; fi; \
+	set -e; v=.venv-$(PYV); \
+	if [ ! -f $$v/.installed ] || [ pyproject.toml -nt $$v/.installed ]; then \
+		$$py -m venv $$v && $$v/bin/pip install -q --upgrade pip \
+		&& $$v/bin/pip install -q -e '.[test]' && touch $$v/.installed; fi; \
+	echo "unit tier on Python $$($$v/bin/python -c 'import sys; print(sys.version.split()[0])')"; \
+	$$v/bin/pytest -q -m "not integration" -p no:cacheprovider
 
 test-unit: venv
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -m "not integration"
 
 test-integration: venv redis-server chromium
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q -m integration
 
 demo: venv
-	$(BIN)/python -m spark.demo $(if $(REDIS),--redis $(REDIS),)
+	$(BIN)/python -m workers.demo $(if $(REDIS),--redis $(REDIS),)
 
 bench: venv redis-server
 	$(BIN)/python tests/benchmarks/run_all.py
@@ -59,4 +79,4 @@ soak: venv redis-server
 	$(BIN)/python tests/lab/soak.py --minutes $(MINUTES)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-3.* .pytest_cache .ruff_cache .hypothesis .coverage*

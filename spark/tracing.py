@@ -21,9 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-#: Carrier keys of W3C trace context (HTTP header names, lower case).
-TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
+from spark.protocol.wire import TRACEPARENT, TRACESTATE, read_trace
 
 ENABLED = False
 if os.environ.get("SPARK_TRACING", "").lower() not in ("off", "0", "false", "no"):
@@ -75,20 +73,6 @@ def carrier_of(headers: Mapping[str, str]) -> dict[str, str] | None:
     carrier = {TRACEPARENT: parent}
     state = headers.get(TRACESTATE)
     if state:
-        carrier[TRACESTATE] = state
-    return carrier
-
-
-def valid_carrier(value: Any) -> dict[str, str] | None:
-    """A carrier received from outside (an envelope, a WebSocket message), or None."""
-    if not isinstance(value, dict):
-        return None
-    parent = value.get(TRACEPARENT)
-    if not isinstance(parent, str) or len(parent) > 128:
-        return None
-    carrier = {TRACEPARENT: parent}
-    state = value.get(TRACESTATE)
-    if isinstance(state, str) and len(state) <= 512:
         carrier[TRACESTATE] = state
     return carrier
 
@@ -169,7 +153,7 @@ def server_span(
 def _extract(carrier: Mapping[str, str] | None) -> Any:
     """The context in a carrier from outside; None for none or junk (a foreign producer's
     odd envelope costs its trace, never the request)."""
-    carrier = valid_carrier(carrier)
+    carrier = read_trace(carrier)
     if carrier is None:
         return None
     try:

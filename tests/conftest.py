@@ -8,10 +8,28 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 
 from support.redis_server import RedisServer
+
+#: Folders whose every test is an integration test (`-m "not integration"` leaves unit only).
+INTEGRATION_DIRS = ("integration", "lab")
+#: Fixtures that start real servers: an integration test's, never a unit test's.
+REAL_SERVER_FIXTURES = {"redis_server", "redis_url"}
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        folder = Path(str(item.fspath)).resolve().relative_to(tests).parts[0]
+        if folder in INTEGRATION_DIRS:
+            item.add_marker(pytest.mark.integration)
+        elif REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(
+                f"{item.nodeid} starts a real redis-server: move it to tests/integration"
+            )
 
 
 @pytest.fixture(scope="session")

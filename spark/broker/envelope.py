@@ -3,7 +3,9 @@
 A stream entry has one field, `e`, holding the envelope as JSON. The envelope carries our
 own request id (unique per client; the caller's JSON-RPC id never leaves the caller), the
 client to reply to, the absolute deadline, optional idempotency key and state namespace, and
-the caller's W3C trace context (`trace`: `{"traceparent": ..., "tracestate": ...}`).
+the caller's W3C trace context (`trace`: `{"traceparent": ..., "tracestate": ...}`, see
+`spark.protocol.wire.read_trace`). The reply's format is wire knowledge shared with the
+client: it lives in `spark.protocol.wire` (re-exported here).
 """
 
 from __future__ import annotations
@@ -13,7 +15,24 @@ from typing import Any
 
 import orjson
 
-from spark.errors import InvalidRequestError, RpcError
+from spark.errors import InvalidRequestError
+from spark.protocol.wire import (
+    decode_reply,
+    encode_error,
+    encode_result,
+    read_trace,
+    retag_reply,
+)
+
+__all__ = [
+    "FIELD",
+    "Envelope",
+    "decode_reply",
+    "encode_error",
+    "encode_result",
+    "reply_address",
+    "retag_reply",
+]
 
 FIELD = b"e"
 
@@ -78,10 +97,8 @@ class Envelope:
             value = doc.get(name)
             if value is not None and not isinstance(value, str):
                 raise InvalidRequestError(f"{name} must be a string")
-        trace = doc.get("trace")
-        if trace is not None and not isinstance(trace, dict):
-            # Tracing is best effort: a foreign producer's odd value costs the trace only.
-            trace = None
+        # Tracing is best effort: a foreign producer's odd value costs the trace only.
+        trace = read_trace(doc.get("trace"))
         return cls(
             id=rid,
             method=method,
@@ -110,37 +127,3 @@ def reply_address(raw: bytes) -> tuple[str, str] | None:
         if isinstance(rid, str) and isinstance(reply_to, str):
             return rid, reply_to
     return None
-
-
-def encode_result(request_id: str, result: Any) -> bytes:
-    return orjson.dumps({"id": request_id, "result": result})
-
-
-def encode_error(request_id: str, error: RpcError) -> bytes:
-    try:
-        return orjson.dumps({"id": request_id, "error": error.to_dict()})
-    except TypeError:
-        # The error's data is not JSON: the caller still gets the code and message.
-        doc = {"code": error.code, "message": error.message, "data": {"note": "data not JSON"}}
-        return orjson.dumps({"id": request_id, "error": doc})
-
-
-def retag_reply(stored: bytes, request_id: str) -> bytes:
-    """A stored reply (idempotency) answered under the id of the request that repeats it."""
-    doc = orjson.loads(stored)
-    doc["id"] = request_id
-    return orjson.dumps(doc)
-
-
-def decode_reply(raw: bytes) -> tuple[str | None, Any, RpcError | None]:
-    """(request id, result, error) of a reply; a malformed one gives (None, None, error)."""
-    try:
-        doc = orjson.loads(raw)
-        rid = doc["id"]
-    except (orjson.JSONDecodeError, TypeError, KeyError):
-        return None, None, RpcError("malformed reply")
-    if not isinstance(rid, str):
-        return None, None, RpcError("malformed reply id")
-    if "error" in doc:
-        return rid, None, RpcError.from_dict(doc["error"])
-    return rid, doc.get("result"), None

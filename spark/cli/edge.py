@@ -19,21 +19,33 @@ from pathlib import Path
 
 from spark import logs
 from spark.broker.connection import describe
-from spark.cli.common import REDIS_HELP, cli_redis_url, install_stop_signals, setup_logging
+from spark.cli.common import (
+    REDIS_HELP,
+    Parser,
+    UsageError,
+    broker_url,
+    cli_redis_url,
+    install_stop_signals,
+    listen_error,
+    log_level,
+    setup_logging,
+    usage_exit,
+)
 from spark.logs import add_format_argument
 from spark.runtime.edge import EdgeConfig, run_edge
 
 _DEFAULTS = EdgeConfig()
 TOKENS_ENV = "SPARK_EDGE_TOKENS"
+PROG = "spark-edge"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="spark-edge",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--redis", help=REDIS_HELP)
+    p.add_argument("--redis", type=broker_url, help=REDIS_HELP)
     p.add_argument("--host", default=_DEFAULTS.host, help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=_DEFAULTS.port, help="default %(default)s")
     p.add_argument("--default-service", help="service answered on POST / and GET /ws")
@@ -103,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve /metrics without a token even when tokens are configured",
     )
-    p.add_argument("--log-level", default=None)
+    p.add_argument("--log-level", type=log_level, help="debug, info (default), warning, error")
     add_format_argument(p)
     return p
 
@@ -148,14 +160,13 @@ async def _serve(config: EdgeConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    setup_logging(args.log_level, args.log_format)
     try:
+        setup_logging(args.log_level, args.log_format)
         config = config_from(args)
-    except (ValueError, OSError) as exc:
-        print(f"spark-edge: {exc}", file=sys.stderr)
-        return 2
+    except (UsageError, ValueError, OSError) as exc:
+        return usage_exit(PROG, exc)
     banner = (
-        f"spark-edge: broker {describe(config.redis_url)}, "
+        f"{PROG}: broker {describe(config.redis_url)}, "
         f"{'https' if config.tls else 'http'}://{config.host}:{config.port}"
     )
     if logs.resolve_format(args.log_format) == "json":
@@ -163,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("spark.edge").info(banner)
     else:
         print(banner, file=sys.stderr)
-    asyncio.run(_serve(config))
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        message = listen_error(exc, config.host, config.port)
+        if message is None:
+            raise
+        return usage_exit(PROG, message)
     return 0
 
 

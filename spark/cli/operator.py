@@ -10,7 +10,8 @@
 
 Exit codes: 0 done; 1 the service answered with a JSON-RPC error (printed as JSON on
 stderr) or the operation was refused or left incomplete (a full backlog, unknown ids);
-2 usage errors, or the broker or edge could not be reached.
+2 usage errors, or the broker or edge could not be reached; 141 stdout closed early
+(`| head`; `status --watch` exits 0 then, as on Ctrl-C).
 
 The broker is --redis, else the library's rule ($SPARK_REDIS_URL, else
 redis://localhost:6379/0 if a Redis answers there, else the embedded broker), except for
@@ -22,23 +23,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import os
 import shutil
+import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import orjson
 from redis.exceptions import RedisError
 
 from spark.broker import UNREACHABLE, admin, connect, describe, registry
-from spark.broker.keys import check_name
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.cli.common import (
     REDIS_HELP,
+    Parser,
+    UsageError,
+    broker_url,
     cli_redis_url,
     install_stop_signals,
+    listen_error,
     load_target,
+    log_level,
+    positive,
+    service_name,
     setup_logging,
 )
 from spark.errors import RpcError, ServiceUnavailableError, TransportError
@@ -48,10 +57,6 @@ from spark.runtime.overview import service_overview
 PROG = "spark"
 #: Longest wait `spark status` spends measuring throughput by default.
 DEFAULT_SAMPLE_SECONDS = 3.0
-
-
-class UsageError(Exception):
-    """Bad arguments found after parsing: exit 2 with the message."""
 
 
 # -- output helpers ------------------------------------------------------------------------------
@@ -129,34 +134,12 @@ def when(at: float | None) -> str | None:
 # -- parsing ------------------------------------------------------------------------------------
 
 
-def _service(value: str) -> str:
-    try:
-        return check_name("service name", value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(kind: type) -> Callable[[str], Any]:
-    def parse(value: str) -> Any:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-        if not number > 0:
-            raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
-        return number
-
-    return parse
-
-
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--redis", help=REDIS_HELP)
+    common = Parser(add_help=False)
+    common.add_argument("--redis", type=broker_url, help=REDIS_HELP)
 
     c = sub.add_parser(
         "call",
@@ -166,12 +149,12 @@ def parser() -> argparse.ArgumentParser:
         "result as JSON. Through Redis by default (fails fast when no worker of the service "
         "is live), or through an edge with --edge.",
     )
-    c.add_argument("service", type=_service, metavar="SERVICE")
+    c.add_argument("service", type=service_name, metavar="SERVICE")
     c.add_argument("method", metavar="METHOD")
     c.add_argument("params", nargs="?", metavar="PARAMS", help="JSON object or array")
     c.add_argument("--edge", metavar="URL", help="call through an edge: http(s)://host:port")
     c.add_argument(
-        "--timeout", type=_positive(float), default=30.0, help="seconds (default %(default)s)"
+        "--timeout", type=positive(float), default=30.0, help="seconds (default %(default)s)"
     )
     c.add_argument("--notify", action="store_true", help="send as a notification (no answer)")
     c.add_argument("--idempotency-key", metavar="KEY")
@@ -193,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
         "(delivered to a worker, not finished), dead letters, and requests finished per "
         "second, measured from two worker heartbeats (up to --sample seconds).",
     )
-    s.add_argument("services", nargs="*", type=_service, metavar="SERVICE")
+    s.add_argument("services", nargs="*", type=service_name, metavar="SERVICE")
     s.add_argument(
         "--sample",
         type=float,
@@ -202,7 +185,7 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--watch",
-        type=_positive(float),
+        type=positive(float),
         nargs="?",
         const=2.0,
         metavar="SECONDS",
@@ -218,7 +201,7 @@ def parser() -> argparse.ArgumentParser:
         "registry. A service whose streams still hold requests or dead letters is kept "
         "(exit 1) unless --purge, which deletes them too.",
     )
-    f.add_argument("service", type=_service, metavar="SERVICE")
+    f.add_argument("service", type=service_name, metavar="SERVICE")
     f.add_argument("--purge", action="store_true", help="delete its requests and dead letters")
     f.add_argument("--json", action="store_true", help="JSON summary")
 
@@ -226,8 +209,8 @@ def parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
 
     dl = dsub.add_parser("list", parents=[common], help="list dead letters, oldest first")
-    dl.add_argument("service", type=_service, metavar="SERVICE")
-    dl.add_argument("--count", type=_positive(int), default=50, help="default %(default)s")
+    dl.add_argument("service", type=service_name, metavar="SERVICE")
+    dl.add_argument("--count", type=positive(int), default=50, help="default %(default)s")
     dl.add_argument("--json", action="store_true", help="JSON output (full entries)")
 
     dr = dsub.add_parser(
@@ -240,26 +223,26 @@ def parser() -> argparse.ArgumentParser:
         "deadline; id, params, idempotency key and state namespace are kept. Stops when "
         "the service's backlog is full (exit 1); what was not replayed stays dead-lettered.",
     )
-    dr.add_argument("service", type=_service, metavar="SERVICE")
+    dr.add_argument("service", type=service_name, metavar="SERVICE")
     which = dr.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", action="append", dest="ids", metavar="ID", help="repeatable")
     which.add_argument("--all", action="store_true", help="every dead letter of the service")
     dr.add_argument(
         "--timeout",
-        type=_positive(float),
+        type=positive(float),
         default=admin.DEFAULT_REPLAY_TIMEOUT,
         help="seconds each replayed request has to run (default %(default)s)",
     )
     dr.add_argument(
         "--max-backlog",
-        type=_positive(int),
+        type=positive(int),
         default=DEFAULT_MAX_BACKLOG,
         help="stop once the request stream holds this many (default %(default)s)",
     )
     dr.add_argument("--json", action="store_true", help="JSON summary")
 
     dp = dsub.add_parser("purge", parents=[common], help="delete dead letters")
-    dp.add_argument("service", type=_service, metavar="SERVICE")
+    dp.add_argument("service", type=service_name, metavar="SERVICE")
     dp.add_argument("--id", action="append", dest="ids", metavar="ID", help="only these")
     dp.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     dp.add_argument("--json", action="store_true", help="JSON summary")
@@ -275,11 +258,13 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("targets", nargs="+", metavar="TARGET")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     v.add_argument("--port", type=int, default=8000, help="default %(default)s")
-    v.add_argument("--redis", help="broker URL (default: the embedded memory:// broker)")
     v.add_argument(
-        "--concurrency", type=_positive(int), default=16, help="per worker (default %(default)s)"
+        "--redis", type=broker_url, help="broker URL (default: the embedded memory:// broker)"
     )
-    v.add_argument("--log-level", default=None)
+    v.add_argument(
+        "--concurrency", type=positive(int), default=16, help="per worker (default %(default)s)"
+    )
+    v.add_argument("--log-level", type=log_level, help="debug, info (default), warning, error")
     add_format_argument(v)
     return p
 
@@ -689,8 +674,11 @@ async def cmd_forget(args: argparse.Namespace) -> int:
 def run_dev_command(args: argparse.Namespace) -> int:
     from spark.runtime.dev import DevServer, run_dev
 
-    setup_logging(args.log_level, args.log_format)
-    nodes = [load_target(t) for t in args.targets]
+    try:
+        setup_logging(args.log_level, args.log_format)
+        nodes = [load_target(t) for t in args.targets]
+    except UsageError as exc:
+        return fail(str(exc))
 
     def announce(server: DevServer) -> None:
         broker = describe(server.url)
@@ -719,7 +707,9 @@ def run_dev_command(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve())
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        return fail(listen_error(exc, args.host, args.port) or str(exc))
+    except ValueError as exc:
         return fail(str(exc))
     print("spark dev: stopped", file=sys.stderr)
     return 0
@@ -738,6 +728,8 @@ async def execute(args: argparse.Namespace) -> int:
         if args.command == "forget":
             return await cmd_forget(args)
         return await cmd_dlq(args)
+    except BrokenPipeError:
+        raise  # our stdout, not the broker: `main` ends quietly
     except UsageError as exc:
         return fail(str(exc))
     except RpcError as exc:
@@ -761,13 +753,18 @@ async def amain(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.command == "dev":
-        return run_dev_command(args)
+    # Ctrl-C, or the reader of stdout going away (`| head`), is how `status --watch` ends.
+    watching = args.command == "status" and bool(args.watch)
     try:
+        if args.command == "dev":
+            return run_dev_command(args)
         return asyncio.run(execute(args))
     except KeyboardInterrupt:
-        # Ctrl-C is how `status --watch` ends; anything else was interrupted.
-        return 0 if args.command == "status" and args.watch else 130
+        return 0 if watching else 130
+    except BrokenPipeError:
+        # Quietly: point stdout at /dev/null so the flush at exit does not report it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0 if watching else 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -17,10 +17,18 @@ from spark.broker.connection import describe
 from spark.broker.keys import ServiceKeys
 from spark.cli.common import (
     REDIS_HELP,
+    Parser,
+    UsageError,
+    broker_url,
     cli_redis_url,
     install_stop_signals,
+    listen_error,
     load_target,
+    log_level,
+    positive,
+    service_name,
     setup_logging,
+    usage_exit,
 )
 from spark.logs import add_format_argument
 from spark.runtime.supervisor import INDEX_ENV, Supervisor
@@ -31,35 +39,37 @@ METRICS_PORT_ENV = "SPARK_METRICS_PORT"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="spark-worker",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", help="module:Class or module:factory")
-    p.add_argument("--service", help="service name (default: derived from the class name)")
-    p.add_argument("--redis", help=REDIS_HELP)
+    p.add_argument(
+        "--service", type=service_name, help="service name (default: derived from the class name)"
+    )
+    p.add_argument("--redis", type=broker_url, help=REDIS_HELP)
     p.add_argument(
         "--concurrency",
-        type=int,
+        type=positive(int),
         default=_DEFAULTS.concurrency,
         help="handlers running at once per process (default %(default)s)",
     )
     p.add_argument(
         "--processes",
-        type=int,
+        type=positive(int),
         default=1,
         help="worker processes under one supervisor (default %(default)s)",
     )
     p.add_argument(
         "--reclaim-after",
-        type=float,
+        type=positive(float),
         default=_DEFAULTS.reclaim_after,
         help="seconds before a dead worker's requests are taken over (default %(default)s)",
     )
     p.add_argument(
         "--max-deliveries",
-        type=int,
+        type=positive(int),
         default=_DEFAULTS.max_deliveries,
         help="deliveries before a request is dead-lettered (default %(default)s)",
     )
@@ -71,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--heartbeat",
-        type=float,
+        type=positive(float),
         default=_DEFAULTS.heartbeat_interval,
         help="seconds between heartbeats (default %(default)s)",
     )
@@ -97,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-host", default="0.0.0.0", help="address for --metrics-port (default %(default)s)"
     )
-    p.add_argument("--log-level", default=None)
+    p.add_argument("--log-level", type=log_level, help="debug, info (default), warning, error")
     add_format_argument(p)
     return p
 
@@ -115,7 +125,7 @@ async def _check(url: str, service: str) -> int:
     return 0 if live > 0 else 1
 
 
-async def _serve(target, args, url: str) -> None:
+async def _serve(target, args, url: str, metrics_port: int | None) -> None:
     stop = asyncio.Event()
     install_stop_signals(asyncio.get_running_loop(), stop.set)
     await run_worker(
@@ -128,7 +138,7 @@ async def _serve(target, args, url: str) -> None:
         max_deliveries=args.max_deliveries,
         grace=args.grace,
         heartbeat_interval=args.heartbeat,
-        metrics_port=_metrics_port(args.metrics_port),
+        metrics_port=metrics_port,
         metrics_host=args.metrics_host,
     )
 
@@ -140,7 +150,7 @@ def _metrics_port(port: int | None) -> int | None:
         try:
             port = int(os.environ[METRICS_PORT_ENV])
         except ValueError:
-            raise SystemExit(f"${METRICS_PORT_ENV} must be a port number") from None
+            raise UsageError(f"${METRICS_PORT_ENV} must be a port number") from None
     if port is None or port == 0:
         return port
     return port + int(os.environ.get(INDEX_ENV) or 0)
@@ -155,18 +165,29 @@ async def _supervise(argv: list[str], args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
-    url = cli_redis_url(args.redis)
-    target = load_target(args.target)
-    if args.expose_errors:
-        target.expose_errors = True
-    service = service_of(target, args.service)
+    try:
+        setup_logging(args.log_level, args.log_format)
+        metrics_port = _metrics_port(args.metrics_port)
+        url = cli_redis_url(args.redis)
+        target = load_target(args.target)
+        if args.expose_errors:
+            target.expose_errors = True
+        service = service_of(target, args.service)
+    except UsageError as exc:
+        return usage_exit("spark-worker", exc)
     if args.check:
         return asyncio.run(_check(url, service))
     if args.processes > 1:
         child = [sys.executable, "-m", "spark.cli.worker", *argv, "--processes", "1"]
         return asyncio.run(_supervise(child, args))
-    asyncio.run(_serve(target, args, url))
+    try:
+        asyncio.run(_serve(target, args, url, metrics_port))
+    except OSError as exc:
+        # The only port a worker listens on is --metrics-port.
+        message = listen_error(exc, args.metrics_host, metrics_port or 0)
+        if message is None:
+            raise
+        return usage_exit("spark-worker", message)
     return 0
 
 

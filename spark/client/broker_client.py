@@ -33,7 +33,6 @@ from spark.broker import (
 from spark.broker import cancel as cancelling
 from spark.broker.cancel import CancelItem
 from spark.broker.connection import is_memory
-from spark.broker.envelope import decode_reply
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.context import inherited_deadline
 from spark.errors import (
@@ -44,6 +43,7 @@ from spark.errors import (
     ServiceUnavailableError,
 )
 from spark.lifetime import close_with_loop
+from spark.protocol.wire import decode_reply
 
 log = logging.getLogger("spark.client")
 

@@ -42,9 +42,8 @@ from spark.protocol import (
     encode_request,
     parse_response,
 )
+from spark.protocol.wire import IDEMPOTENCY_HEADER, TIMEOUT_HEADER
 
-TIMEOUT_HEADER = "X-Spark-Timeout"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 

@@ -33,11 +33,11 @@ from spark import tracing
 from spark.client.http import CONNECTION_ERRORS, _Base, remaining
 from spark.client.transport import Call, CallOutcome
 from spark.errors import RpcConnectionError, RpcError, RpcTimeoutError, UnauthorizedError
-from spark.protocol import ProtocolError, Request, encode_notification
+from spark.protocol import ProtocolError, Request, Response, encode_notification, parse_messages
+from spark.protocol.wire import CLIENT_ID_HEADER, SPARK_MEMBER, spark_member
 
 log = logging.getLogger("spark.client.ws")
 
-CLIENT_ID_HEADER = "X-Spark-Client-Id"
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
 
@@ -46,22 +46,12 @@ def backoff(failures: int) -> float:
     return min(BACKOFF_MIN * 2 ** max(failures - 1, 0), BACKOFF_MAX)
 
 
-#: The extra request member carrying a call's budget and idempotency key to the edge.
-SPARK_MEMBER = "spark"
-
-
 def _request_doc(
     request: Request, deadline: float, idempotency_key: str | None = None
 ) -> dict[str, Any]:
     doc = request.to_dict()
-    extra: dict[str, Any] = {"timeout": round(max(deadline - time.time(), 0.001), 3)}
-    if idempotency_key:
-        extra["idempotency_key"] = idempotency_key
-    if tracing.ENABLED:
-        trace = tracing.inject()
-        if trace is not None:
-            extra["trace"] = trace
-    doc[SPARK_MEMBER] = extra
+    trace = tracing.inject() if tracing.ENABLED else None
+    doc[SPARK_MEMBER] = spark_member(deadline - time.time(), idempotency_key, trace)
     return doc
 
 
@@ -179,28 +169,26 @@ class WebSocketTransport(_Base):
 
     async def _received(self, data: str | bytes) -> None:
         try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            log.warning("dropping a message from %s that is not JSON", self.ws_url)
+            messages = parse_messages(data)
+        except ProtocolError as exc:
+            log.warning("dropping a message from %s: %s", self.ws_url, exc.message)
             return
-        for item in doc if isinstance(doc, list) else (doc,):
-            if not isinstance(item, dict):
-                continue
-            if "id" in item and ("result" in item or "error" in item):
-                self._resolve(item)
-            elif "method" in item and "id" not in item:
-                await self._notify(item.get("method"), item.get("params"))
+        for message in messages:
+            if isinstance(message, Response):
+                self._resolve(message)
+            else:
+                await self._notify(message.method, message.params)
 
-    def _resolve(self, item: dict[str, Any]) -> None:
-        fut = self._pending.pop(item["id"], None) if _hashable(item["id"]) else None
+    def _resolve(self, reply: Response) -> None:
+        fut = self._pending.pop(reply.id, None) if reply.id is not None else None
         if fut is None or fut.done():
             self.dropped_replies += 1
             return
-        fut.set_result(item)
+        fut.set_result(reply)
 
-    async def _notify(self, method: Any, params: Any) -> None:
+    async def _notify(self, method: str, params: Any) -> None:
         handler = self.on_notification
-        if handler is None or not isinstance(method, str):
+        if handler is None:
             return
         try:
             result = handler(method, params)
@@ -220,7 +208,7 @@ class WebSocketTransport(_Base):
 
     async def _wait(
         self, futures: dict[int, asyncio.Future], deadline: float, wait: float | None = None
-    ) -> list[dict]:
+    ) -> list[Response]:
         left = remaining(deadline)
         if wait is not None:
             left = max(0.0, min(wait, left))
@@ -254,7 +242,7 @@ class WebSocketTransport(_Base):
             (reply,) = await self._wait({rid: fut}, deadline, timeout)
         finally:
             self._pending.pop(rid, None)
-        return _unwrap(reply)
+        return reply.unwrap()
 
     async def notify(
         self, method: str, params: Any = None, *, deadline: float, state: str | None = None
@@ -290,7 +278,7 @@ class WebSocketTransport(_Base):
                 outcomes.append(CallOutcome())
                 continue
             try:
-                outcomes.append(CallOutcome(result=_unwrap(replies[rid])))
+                outcomes.append(CallOutcome(result=replies[rid].unwrap()))
             except RpcError as exc:
                 outcomes.append(CallOutcome(error=exc))
         return outcomes
@@ -319,16 +307,3 @@ class WebSocketTransport(_Base):
                 fut.set_exception(RpcConnectionError("transport closed"))
         self._pending.clear()
         await super().aclose()
-
-
-def _hashable(value: Any) -> bool:
-    return isinstance(value, str | int | float) and not isinstance(value, bool)
-
-
-def _unwrap(item: dict[str, Any]) -> Any:
-    if "error" in item:
-        err = item["error"]
-        if not isinstance(err, dict):
-            raise ProtocolError("error is not an object")
-        raise RpcError.from_dict(err)
-    return item.get("result")

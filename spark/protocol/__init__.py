@@ -2,10 +2,11 @@
 
 Imports only `spark.errors` and orjson, so every layer (worker, edge, proxy) shares one
 reading of the spec and it can be tested byte for byte. See `server` for the choices made
-where the spec is silent.
+where the spec is silent, and `wire` for what Spark adds on the wire (headers, the WebSocket
+request member, the broker's reply format).
 """
 
-from spark.protocol.client import parse_response
+from spark.protocol.client import parse_messages, parse_response
 from spark.protocol.encode import (
     encode_batch,
     encode_error,
@@ -43,5 +44,6 @@ __all__ = [
     "encode_request",
     "encode_response",
     "parse_body",
+    "parse_messages",
     "parse_response",
 ]

@@ -11,7 +11,7 @@ from typing import Any
 
 from spark.errors import RpcError
 from spark.protocol._json import load
-from spark.protocol.messages import JSONRPC_VERSION, ProtocolError, Response
+from spark.protocol.messages import JSONRPC_VERSION, ProtocolError, Request, Response
 
 _ID_TYPES = (str, int, float)
 
@@ -47,22 +47,55 @@ def _read_response(obj: Any) -> Response:
     return Response(rid, None, error)
 
 
-def parse_response(data: bytes | bytearray | memoryview | str) -> Response | list[Response]:
-    """Read a reply body: one `Response`, or a list for a batch (in the server's order).
+def _read_notification(obj: dict[str, Any]) -> Request:
+    if obj.get("jsonrpc") != JSONRPC_VERSION:
+        raise _bad('notification jsonrpc is not "2.0"')
+    method, params = obj["method"], obj.get("params")
+    if type(method) is not str:
+        raise _bad("notification method is not a string")
+    if params is not None and type(params) not in (dict, list):
+        raise _bad("notification params are not an object or an array")
+    return Request.notification(method, params)
 
-    Matching batch replies to requests is by id, which the caller owns; the spec lets the
-    server answer a batch in any order.
-    """
+
+def _load(data: bytes | bytearray | memoryview | str) -> Any:
     try:
-        doc = load(data, None)
+        return load(data, None)
     except RpcError as exc:
         cause = exc.__cause__
         detail = str(cause) if cause is not None else exc.message
         raise ProtocolError(
             f"Malformed JSON-RPC response: not readable JSON ({detail})", exc.data
         ) from exc
+
+
+def parse_response(data: bytes | bytearray | memoryview | str) -> Response | list[Response]:
+    """Read a reply body: one `Response`, or a list for a batch (in the server's order).
+
+    Matching batch replies to requests is by id, which the caller owns; the spec lets the
+    server answer a batch in any order.
+    """
+    doc = _load(data)
     if type(doc) is list:
         if not doc:
             raise _bad("empty batch")
         return [_read_response(obj) for obj in doc]
     return _read_response(doc)
+
+
+def parse_messages(data: bytes | bytearray | memoryview | str) -> list[Response | Request]:
+    """Read a message from a peer that both answers and notifies (an edge over WebSocket):
+    its responses and notifications (`Request`s without id), in the message's order.
+
+    Like `parse_response`, a message holding anything else is rejected whole.
+    """
+    doc = _load(data)
+    items = doc if type(doc) is list else [doc]
+    if not items:
+        raise _bad("empty batch")
+    return [
+        _read_notification(obj)
+        if type(obj) is dict and "method" in obj and "id" not in obj
+        else _read_response(obj)
+        for obj in items
+    ]

@@ -1,4 +1,4 @@
-"""`python -m spark.demo`: the order workflow end to end, embedded and against real Redis."""
+"""`python -m workers.demo`: the order workflow end to end, embedded and against real Redis."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def run_demo(*args: str, timeout: float = 90) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "spark.demo", *args],
+        [sys.executable, "-m", "workers.demo", *args],
         env=env(),
         capture_output=True,
         text=True,

@@ -151,8 +151,8 @@ async def test_timeouts_are_retried_only_when_asked(lab, proxies, redis):
     started = time.monotonic()
     with pytest.raises(RpcTimeoutError):
         await proxy.call("sleep", {"seconds": 5, "count": "t"})
-    assert time.monotonic() - started < 0.8
-    assert await runs(redis, "t") == 1
+    assert time.monotonic() - started < 2.5  # not the 5 s sleep
+    assert await runs(redis, "t") == 1  # and not retried
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -168,9 +168,10 @@ async def test_a_retry_after_a_timeout_never_runs_the_handler_twice(lab, proxies
     )
     started = time.monotonic()
     result = await proxy.call("sleep", {"seconds": 0.8, "count": f"once-{transport}"})
-    elapsed = time.monotonic() - started
+    # The answer is the first run's (it cannot come before that run's 0.8 s); how much
+    # later it comes is the machine's speed, not the property.
+    assert time.monotonic() - started >= 0.75
     assert result["slept"] == 0.8 and result["runs"] == 1
-    assert 0.75 < elapsed < 1.5
     assert await runs(redis, f"once-{transport}") == 1
 
 
@@ -193,7 +194,7 @@ async def test_a_service_that_starts_late_is_reached_by_retries(redis_url, edge,
     started = time.monotonic()
     with pytest.raises(ServiceUnavailableError):
         await once.call("echo", {"hello": 1})
-    assert time.monotonic() - started < 1.0, "no live workers must fail fast"
+    assert time.monotonic() - started < 5, "no live workers must fail fast (not time out)"
     patient = proxies("http", service="late", max_retries=6, retry_initial_delay=0.2)
     call = asyncio.create_task(patient.call("echo", {"hello": 2}))
     await asyncio.sleep(0.3)
@@ -227,8 +228,9 @@ async def test_a_chain_of_three_services_stops_at_the_callers_deadline(chain, pr
     started = time.time()
     with pytest.raises(RpcTimeoutError):
         await proxy.call("relay", {"key": "ch", "hops": ["chain-b", "chain-c"], "seconds": 30})
-    elapsed = time.time() - started
-    assert 0.9 < elapsed < 1.4, elapsed
+    ended = time.time()
+    # At the caller's deadline, not after C's 30 s (the upper bound only tells them apart).
+    assert 0.9 < ended - started < 10, ended - started
 
     async def c_stopped():
         rec = await recorded(redis, "ch")
@@ -236,16 +238,18 @@ async def test_a_chain_of_three_services_stops_at_the_callers_deadline(chain, pr
 
     rec = await poll(c_stopped, timeout=5, what="C's handler stopped")
     deadline = rec["chain-a:deadline"]
-    assert deadline == pytest.approx(started + 1.0, abs=0.1)
+    assert started + 1.0 - 0.01 <= deadline <= ended + 1.0  # the caller's 1 s, set by the call
     # Every hop inherited the caller's deadline, none got more.
     assert rec["chain-b:deadline"] == deadline and rec["chain-c:deadline"] == deadline
     assert rec["chain-a:start"] < rec["chain-b:start"] < rec["chain-c:start"] < deadline
     # C was stopped at the deadline, and never finished.
     assert rec["chain-c:cancelled"] == pytest.approx(deadline, abs=0.25)
     assert not any(k.endswith(":finish") for k in rec)
-    await asyncio.sleep(0.3)
-    for service in ("chain-a", "chain-b", "chain-c"):
-        assert await pending(redis, service) == 0
+
+    async def none_pending() -> bool:
+        return all([await pending(redis, s) == 0 for s in ("chain-a", "chain-b", "chain-c")])
+
+    assert await poll(none_pending, timeout=10, what="every hop acknowledged")
 
 
 @pytest.mark.parametrize("transport", ["http", "websocket"])

@@ -9,7 +9,9 @@ import time
 import pytest
 
 from spark.broker.connection import connect
+from spark.broker.keys import state_key
 from spark.state import GraphState, RedisBackend, StateConnectionError, StateError
+from support.polling import eventually
 from support.redis_server import free_port
 from support.state_child import Child
 from support.state_contract import Backends, StateContract
@@ -81,19 +83,29 @@ async def test_raising_transaction_changes_nothing_and_frees_the_namespace(redis
 
 
 async def test_ttl(redis_url):
-    backend = RedisBackend(redis_url, namespace="ttl", ttl=0.6)
+    """Time is moved by shortening the key's expiry, not by sleeping through a short TTL."""
+    backend = RedisBackend(redis_url, namespace="ttl", ttl=60)
     state = GraphState(backend=backend)
+    redis = connect(redis_url)
+    key = state_key("ttl")
     await state.set("k", 1)
-    assert 0 < await connect(redis_url).pttl("spark:state:{ttl}") <= 600
+    assert 0 < await redis.pttl(key) <= 60_000
+    await redis.pexpire(key, 5_000)  # as if 55 s had passed
     async with state.transaction() as tx:
         tx["k"] = 2
-    await asyncio.sleep(0.4)
-    assert await state.increment("n") == 1  # each write pushes expiry back
-    await asyncio.sleep(0.4)
+    assert await redis.pttl(key) > 5_000  # a transaction's write pushes expiry back
+    await redis.pexpire(key, 5_000)
+    assert await state.increment("n") == 1
+    assert await redis.pttl(key) > 5_000  # so does every other write
     assert await state.get_snapshot() == {"k": 2, "n": 1}
-    await asyncio.sleep(0.45)
-    assert await state.get_snapshot() == {}
+    await redis.pexpire(key, 1)  # as if the whole TTL had passed since the last write
+    assert await eventually(lambda: _expired(state), timeout=5, what="the namespace to expire")
+    await redis.aclose()
     await backend.aclose()
+
+
+async def _expired(state: GraphState) -> bool:
+    return await state.get_snapshot() == {}
 
 
 async def test_scripts_reload_after_script_flush(redis_url):

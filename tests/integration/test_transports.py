@@ -128,7 +128,7 @@ async def test_service_path_and_unavailable_service(edge, kind):
         started = time.monotonic()
         with pytest.raises(ServiceUnavailableError):
             await t.call("echo", {}, deadline=soon())
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 5  # at once, not at the 10 s deadline
 
 
 @pytest.mark.parametrize("kind", [HttpTransport, WebSocketTransport])
@@ -137,7 +137,7 @@ async def test_deadline(edge, kind):
         started = time.monotonic()
         with pytest.raises(RpcTimeoutError):
             await t.call("sleep", {"seconds": 3}, deadline=soon(0.3))
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 2  # at the 0.3 s deadline, not the 3 s answer
         if kind is HttpTransport:
             # The remaining budget travels to the edge and the worker (X-Spark-Timeout).
             sent = soon(5.0)

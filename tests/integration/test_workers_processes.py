@@ -178,7 +178,7 @@ async def test_a_long_job_is_not_reclaimed_and_does_not_block(redis_url, workers
         for _ in range(5):
             t0 = time.monotonic()
             mid = await client.call("analytics", "job_status", {"job_id": "long"}, timeout=5)
-            assert time.monotonic() - t0 < 0.5
+            assert time.monotonic() - t0 < 2.5  # not after the job (30 days of work)
             assert mid["status"] == "running"
         # A second worker that would reclaim any entry idle for 0.5 s.
         second = start(

@@ -10,12 +10,6 @@ from __future__ import annotations
 import pytest
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/lab/" in str(item.fspath).replace("\\", "/"):
-            item.add_marker(pytest.mark.integration)
-
-
 @pytest.fixture(autouse=True)
 def _quiet_children(monkeypatch):
     """Worker and edge subprocesses log errors only: the lab's output is its figures."""

@@ -13,11 +13,14 @@ import redis
 from support.redis_server import wait_until
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
+#: The repository root, for `workers` (example services, not part of the installed package).
+REPO_ROOT = TESTS_DIR.parent
 
 
 def env() -> dict[str, str]:
     e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), e.get("PYTHONPATH", "")])
+    path = [str(TESTS_DIR), str(REPO_ROOT), e.get("PYTHONPATH", "")]
+    e["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
     e.setdefault("SPARK_LOG_LEVEL", "WARNING")
     return e
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
@@ -274,8 +275,14 @@ def test_client_and_state_keys():
     assert reply_key("c1") == "spark:reply:{c1}"
     assert client_channel("c1") == "spark:notify:client:c1"
     assert state_key("ns") == "spark:state:{ns}"
-    assert GROUP == "workers"
-    assert SERVICES == "spark:services"
+
+
+def test_the_readme_keyspace_names_what_the_code_uses():
+    """One name for one thing: the operator-facing names in the README are the code's."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    keys = ServiceKeys.for_service("svc")  # the README writes the service as {svc}
+    assert f"| `{keys.requests}` | stream, group `{GROUP}` |" in readme
+    assert f"| `{SERVICES}` | set |" in readme
 
 
 @pytest.mark.parametrize(

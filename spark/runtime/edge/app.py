@@ -29,6 +29,7 @@ from spark.errors import (
     UnauthorizedError,
 )
 from spark.protocol import encode_error
+from spark.protocol.wire import IDEMPOTENCY_HEADER, TIMEOUT_HEADER, TIMEOUT_QUERY
 from spark.runtime.edge import dashboard
 from spark.runtime.edge.config import EdgeConfig
 from spark.runtime.edge.core import Edge, request_options, valid_service
@@ -105,9 +106,9 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
         parsed,
         transport="http",
         timeout=edge.timeout_for(
-            request.headers.get("X-Spark-Timeout") or request.query.get("timeout")
+            request.headers.get(TIMEOUT_HEADER) or request.query.get(TIMEOUT_QUERY)
         ),
-        idempotency_key=request.headers.get("Idempotency-Key") or None,
+        idempotency_key=request.headers.get(IDEMPOTENCY_HEADER) or None,
         options=request_options(data, parsed),
         trace=tracing.carrier_of(request.headers) if tracing.ENABLED else None,
     )

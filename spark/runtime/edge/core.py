@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -40,10 +39,10 @@ from spark.errors import (
     TransportError,
 )
 from spark.protocol import Parsed, Request, Response, encode_reply, parse_body
+from spark.protocol.wire import SPARK_MEMBER, RequestOptions, read_spark_member
 from spark.runtime.edge.config import EdgeConfig
 from spark.runtime.edge.metrics import EdgeMetrics
 from spark.runtime.edge.security import TokenCheck
-from spark.tracing import valid_carrier
 
 if TYPE_CHECKING:
     from spark.runtime.edge.websocket import WsConnection
@@ -52,12 +51,7 @@ log = logging.getLogger("spark.edge")
 
 #: Longest idempotency key accepted (it becomes part of a Redis key).
 MAX_IDEMPOTENCY_KEY = 200
-#: The extra request member with per-request options.
-SPARK_MEMBER = "spark"
 _SPARK_MEMBER_BYTES = f'"{SPARK_MEMBER}"'.encode()
-
-#: Per request: its own timeout (seconds), idempotency key and trace context, None when not given.
-RequestOptions = tuple[float | None, str | None, dict[str, str] | None]
 
 
 def request_options(data: bytes | str, parsed: Parsed) -> list[RequestOptions] | None:
@@ -79,23 +73,11 @@ def request_options(data: bytes | str, parsed: Parsed) -> list[RequestOptions] |
     docs = doc if parsed.is_batch else [doc]
     if not isinstance(docs, list) or len(docs) != len(parsed.items):
         return None
-    options: list[RequestOptions] = []
-    for item_doc, item in zip(docs, parsed.items, strict=True):
-        if not isinstance(item, Request):
-            continue
-        member = item_doc.get(SPARK_MEMBER) if isinstance(item_doc, dict) else None
-        timeout = key = trace = None
-        if isinstance(member, dict):
-            value = member.get("timeout")
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                if math.isfinite(value) and value > 0:
-                    timeout = float(value)
-            value = member.get("idempotency_key")
-            if isinstance(value, str) and 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
-                key = value
-            trace = valid_carrier(member.get("trace"))
-        options.append((timeout, key, trace))
-    return options
+    return [
+        read_spark_member(item_doc, MAX_IDEMPOTENCY_KEY)
+        for item_doc, item in zip(docs, parsed.items, strict=True)
+        if isinstance(item, Request)
+    ]
 
 
 def valid_service(name: str) -> bool:

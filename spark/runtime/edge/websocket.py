@@ -28,11 +28,10 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from spark.protocol.wire import CLIENT_ID_HEADER, TIMEOUT_HEADER, TIMEOUT_QUERY
 from spark.runtime.edge.core import Edge, request_options
 
 log = logging.getLogger("spark.edge")
-
-CLIENT_ID_HEADER = "X-Spark-Client-Id"
 
 #: Seconds a connection disconnected for not reading has to take its 1013 close frame
 #: before its TCP connection is aborted.
@@ -201,7 +200,7 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
         autoping=True,
     )
     timeout = edge.timeout_for(
-        request.headers.get("X-Spark-Timeout") or request.query.get("timeout")
+        request.headers.get(TIMEOUT_HEADER) or request.query.get(TIMEOUT_QUERY)
     )
     conn = WsConnection(edge, ws, service, timeout, transport=request.transport)
     ws.headers[CLIENT_ID_HEADER] = conn.client_id

@@ -1,4 +1,4 @@
-"""`python -m spark.demo`: an order workflow across services, many orders at once.
+"""`python -m workers.demo` (`make demo`): an order workflow across services, many orders at once.
 
 The client graph (local steps run here, remote steps are JSON-RPC calls through the edge
 to the worker pools behind Redis):
@@ -52,6 +52,8 @@ from spark.errors import RpcError, RpcTimeoutError, TransportError
 from spark.graphs import Graph
 from spark.nodes import Node
 from spark.nodes.rpc_client import RemoteRpcProxyConfig, RemoteRpcProxyNode
+from workers import catalog
+from workers.base import NOT_FOUND, OUT_OF_STOCK
 
 #: The services the workflow calls: (service, spark-worker target).
 SERVICES = {
@@ -190,8 +192,6 @@ def build_graph(endpoint: str) -> tuple[Graph, list[RemoteRpcProxyNode]]:
 def make_orders(n: int, seed: int = 7) -> list[dict]:
     """Deterministic orders; every 10th is invalid, every 23rd names an unknown customer,
     every 8th wants two of the limited-edition lamp (8 in stock: it sells out)."""
-    from workers import catalog
-
     rng = random.Random(seed)
     invalid = [
         lambda o: {**o, "items": []},
@@ -226,8 +226,6 @@ class Outcome:
 
 
 def reason_of(exc: BaseException) -> tuple[str, str]:
-    from workers.base import NOT_FOUND, OUT_OF_STOCK
-
     if isinstance(exc, OrderRejected):
         return exc.reason, exc.detail
     if isinstance(exc, RpcError):
@@ -286,7 +284,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def say(*args: Any, **kwargs: Any) -> None:
-    """print(), going quiet when the reader went away (`python -m spark.demo | head`): the
+    """print(), going quiet when the reader went away (`python -m workers.demo | head`): the
     run still finishes and stops its worker processes."""
     try:
         print(*args, **kwargs, flush=True)
@@ -312,8 +310,6 @@ def printer(every: int) -> Callable[[Outcome, dict], None]:
 
 
 def summary(outcomes: list[Outcome], seconds: float, concurrency: int, stock: dict) -> str:
-    from workers import catalog
-
     failed = Counter(o.reason for o in outcomes if not o.ok)
     latencies = [o.ms for o in outcomes]
     ok_latencies = [o.ms for o in outcomes if o.ok]
@@ -404,6 +400,7 @@ def _health(endpoint: str) -> dict | None:
 
 
 def _spawn(url: str, replicas: int, port: int) -> tuple[list[subprocess.Popen], list[Any]]:
+    # The repository root: `workers` is not part of the installed package.
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "SPARK_LOG_LEVEL": os.environ.get("SPARK_LOG_LEVEL", "WARNING")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
@@ -521,7 +518,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m spark.demo",
+        prog="python -m workers.demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
