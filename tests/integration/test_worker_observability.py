@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -178,3 +179,18 @@ async def test_rpc_discover_describes_the_service(redis_url):
     greet = methods["greet"]
     assert greet["paramStructure"] == "by-name"
     assert {p["name"]: p["required"] for p in greet["params"]} == {"name": True, "shout": False}
+
+
+def test_a_busy_metrics_port_is_one_line_and_exit_2(redis_url):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "spark.cli.worker", TARGET, "--redis", redis_url]
+        cmd += ["--service", "lab", "--metrics-port", str(port), "--metrics-host", "127.0.0.1"]
+        done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"spark-worker: cannot listen on 127.0.0.1:{port}: " + (
+        "Address already in use"
+    )
+    assert live_workers(redis_url, "lab") == 0
