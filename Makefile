@@ -66,8 +66,10 @@ test-integration: venv redis-server chromium
 demo: venv
 	$(BIN)/python -m workers.demo $(if $(REDIS),--redis $(REDIS),)
 
+# The table goes to tests/benchmarks/results/latest.md; uvloop rows need the `speed` extra.
 bench: venv redis-server
-	$(BIN)/python tests/benchmarks/run_all.py
+	@$(BIN)/python -c 'import uvloop' 2>/dev/null || $(BIN)/pip install -q -e '.[speed]'
+	$(BIN)/python tests/benchmarks/run_all.py $(BENCH_ARGS)
 
 # The reliability lab (also part of `make test`), with its figures printed.
 lab: venv redis-server

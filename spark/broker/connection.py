@@ -18,6 +18,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from spark.broker.packing import hiredis_packing
+
 ENV_URL = "SPARK_REDIS_URL"
 MEMORY_URL = "memory://"
 #: The default broker when a Redis answers on it (library and CLIs alike).
@@ -112,6 +114,7 @@ def connect(
         # One quick retry inside redis-py; the callers own the longer retry policies.
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
     )
+    pool.connection_class = hiredis_packing(pool.connection_class)
     client = aioredis.Redis(connection_pool=pool, single_connection_client=dedicated)
     # The pool is this client's alone: close its connections with it (as Redis.from_pool).
     client.auto_close_connection_pool = True

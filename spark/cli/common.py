@@ -17,8 +17,8 @@ import inspect
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
 
 from spark import logs
 from spark.broker.connection import ENV_URL, connect, is_memory, resolve_url
@@ -183,3 +183,40 @@ def install_stop_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], Non
     """SIGTERM and SIGINT ask for a graceful stop; a second SIGINT is not needed to exit."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+
+
+T = TypeVar("T")
+
+#: Event loops a console script can run on (`--loop`); uvloop needs the `speed` extra.
+LOOPS = ("asyncio", "uvloop")
+
+
+def add_loop_argument(p: Any) -> None:
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=None,
+        help="event loop (default: uvloop when installed, the `speed` extra; else asyncio)",
+    )
+
+
+def run(main: Coroutine[Any, Any, T], loop: str | None = None) -> T:
+    """`asyncio.run(main)` on the chosen event loop; None picks uvloop when it is installed."""
+    if loop is None:
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(main)
+        loop = "uvloop"
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            main.close()
+            raise SystemExit("--loop uvloop needs uvloop: pip install 'spark-rpc[speed]'") from None
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    if loop != "asyncio":
+        main.close()
+        raise SystemExit(f"unknown event loop {loop!r}: choose from {', '.join(LOOPS)}")
+    return asyncio.run(main)

@@ -23,11 +23,13 @@ from spark.cli.common import (
     REDIS_HELP,
     Parser,
     UsageError,
+    add_loop_argument,
     broker_url,
     cli_redis_url,
     install_stop_signals,
     listen_error,
     log_level,
+    run,
     setup_logging,
     usage_exit,
 )
@@ -115,6 +117,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve /metrics without a token even when tokens are configured",
     )
+    add_loop_argument(p)
     p.add_argument("--log-level", type=log_level, help="debug, info (default), warning, error")
     add_format_argument(p)
     return p
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(banner, file=sys.stderr)
     try:
-        asyncio.run(_serve(config))
+        run(_serve(config), args.loop)
     except OSError as exc:
         message = listen_error(exc, config.host, config.port)
         if message is None:

@@ -19,6 +19,7 @@ from spark.cli.common import (
     REDIS_HELP,
     Parser,
     UsageError,
+    add_loop_argument,
     broker_url,
     cli_redis_url,
     install_stop_signals,
@@ -26,6 +27,7 @@ from spark.cli.common import (
     load_target,
     log_level,
     positive,
+    run,
     service_name,
     setup_logging,
     usage_exit,
@@ -107,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-host", default="0.0.0.0", help="address for --metrics-port (default %(default)s)"
     )
+    add_loop_argument(p)
     p.add_argument("--log-level", type=log_level, help="debug, info (default), warning, error")
     add_format_argument(p)
     return p
@@ -176,12 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         return usage_exit("spark-worker", exc)
     if args.check:
-        return asyncio.run(_check(url, service))
+        return run(_check(url, service), args.loop)
     if args.processes > 1:
         child = [sys.executable, "-m", "spark.cli.worker", *argv, "--processes", "1"]
-        return asyncio.run(_supervise(child, args))
+        return run(_supervise(child, args), args.loop)
     try:
-        asyncio.run(_serve(target, args, url, metrics_port))
+        run(_serve(target, args, url, metrics_port), args.loop)
     except OSError as exc:
         # The only port a worker listens on is --metrics-port.
         message = listen_error(exc, args.metrics_host, metrics_port or 0)

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from spark import tracing
+from spark import aio, tracing
 from spark.aio import Batcher, cancel_and_wait, reraise_cancellation
 from spark.broker import (
     UNREACHABLE,
@@ -229,7 +229,7 @@ class BrokerClient:
         self._ensure_reader()
         self._wanted.set()
         try:
-            async with asyncio.timeout_at(loop.time() + waiting):
+            with aio.timeout(waiting):
                 await self._enqueue(service, env.encode())
                 return await reply
         except TimeoutError:
@@ -310,12 +310,18 @@ class BrokerClient:
         for i, (service, _payload) in enumerate(batch):
             by_service[service].append(i)
         try:
-            answers = await asyncio.gather(
-                *(
-                    self.queue(s).enqueue([batch[i][1] for i in idx])
-                    for s, idx in by_service.items()
+            if len(by_service) == 1:
+                # The usual case, awaited here: gather would add a task and a loop turn
+                # to the latency of every call.
+                ((service, idx),) = by_service.items()
+                answers = [await self.queue(service).enqueue([batch[i][1] for i in idx])]
+            else:
+                answers = await asyncio.gather(
+                    *(
+                        self.queue(s).enqueue([batch[i][1] for i in idx])
+                        for s, idx in by_service.items()
+                    )
                 )
-            )
         except UNREACHABLE as exc:
             raise RpcConnectionError(f"cannot reach the broker at {self.url}: {exc}") from exc
         results: list[bytes | BaseException] = [b""] * len(batch)

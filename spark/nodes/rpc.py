@@ -83,14 +83,28 @@ def current_context() -> ExecutionContext | None:
 PREFIX = "rpc_"
 #: Topic prefix for notifications published on a local event bus (and by proxies).
 NOTIFICATION_TOPIC_PREFIX = "remote.rpc"
+#: Argument shapes remembered per node (array params of any length could grow it).
+_MAX_SHAPES = 1024
+_UNCHECKED = object()
 _METHOD = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$")
 
 
 def attribute_for(method: str) -> str | None:
     """`user.create` and `user-create` -> `rpc_user_create`; None for names never callable."""
+    if type(method) is str:
+        known = _ATTRIBUTES.get(method, _UNCHECKED)
+        if known is not _UNCHECKED:
+            return known
     if not isinstance(method, str) or not _METHOD.match(method) or method.startswith("rpc."):
         return None
-    return PREFIX + method.replace(".", "_").replace("-", "_")
+    attr = PREFIX + method.replace(".", "_").replace("-", "_")
+    if len(_ATTRIBUTES) < _MAX_SHAPES:
+        _ATTRIBUTES[method] = attr
+    return attr
+
+
+#: Method names already looked at (on every call, twice): bounded, junk names stop adding.
+_ATTRIBUTES: dict[str, str | None] = {}
 
 
 def split_input(content: Any, metadata: dict | None, default_method: str | None) -> tuple[str, Any]:
@@ -121,6 +135,20 @@ def split_input(content: Any, metadata: dict | None, default_method: str | None)
     if not isinstance(method, str):
         method = default_method or "process"
     return method, params
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """`inspect.iscoroutinefunction`, remembered per function (asked on every call)."""
+    target = getattr(fn, "__func__", fn)
+    known = _ASYNC_FUNCTIONS.get(target)
+    if known is None:
+        known = inspect.iscoroutinefunction(fn)
+        if len(_ASYNC_FUNCTIONS) < _MAX_SHAPES:
+            _ASYNC_FUNCTIONS[target] = known
+    return known
+
+
+_ASYNC_FUNCTIONS: dict[Any, bool] = {}
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -164,6 +192,8 @@ class RpcNode(Node):
         self.redis_url = redis_url
         self.service = service or default_service_name(type(self).__name__)
         self._signatures: dict[str, inspect.Signature] = {}
+        #: (attribute, positional count, context by keyword) -> None (binds) or why not.
+        self._binds: dict[tuple[str, int, bool], str | None] = {}
 
     # -- hooks -----------------------------------------------------------------------
 
@@ -236,13 +266,23 @@ class RpcNode(Node):
             args, kwargs = tuple(params), {"context": context}
         else:
             raise InvalidParamsError("params must be an object or an array")
-        sig = self._signatures.get(attr)
-        if sig is None:
-            sig = self._signatures[attr] = inspect.signature(handler)
-        try:
-            sig.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise InvalidParamsError(data={"reason": str(exc)}) from None
+        # Whether arguments bind depends only on how many there are (the values are not
+        # looked at), so each shape is checked once: Signature.bind costs more than a call.
+        shape = (attr, len(args), bool(kwargs))
+        reason = self._binds.get(shape, _UNCHECKED)
+        if reason is _UNCHECKED:
+            sig = self._signatures.get(attr)
+            if sig is None:
+                sig = self._signatures[attr] = inspect.signature(handler)
+            try:
+                sig.bind(*args, **kwargs)
+                reason = None
+            except TypeError as exc:
+                reason = str(exc)
+            if len(self._binds) < _MAX_SHAPES:
+                self._binds[shape] = reason
+        if reason is not None:
+            raise InvalidParamsError(data={"reason": reason})
         return args, kwargs
 
     async def dispatch(self, method: str, params: Any, context: ExecutionContext) -> Any:
@@ -257,15 +297,20 @@ class RpcNode(Node):
 
     async def _dispatch(self, method, params, context, handler, args, kwargs) -> Any:
         hooks = _hook_styles(type(self))
+        # Hooks nobody overrode do nothing: not calling them saves four coroutines a call.
+        plain = hooks.inherited and not (_HOOKS & self.__dict__.keys())
         request_id = (context.metadata.get("rpc") or {}).get("request_id")
         try:
-            third = context if hooks.before_takes_context else request_id
-            await _maybe_await(self.before_request(method, params, third))
+            if not plain:
+                third = context if hooks.before_takes_context else request_id
+                await _maybe_await(self.before_request(method, params, third))
             result = await self._run_handler(handler, args, kwargs)
         except Exception as exc:
-            if not hooks.after_legacy:
+            if not hooks.after_legacy and not plain:
                 await self._after_failure(method, params, request_id, exc)
             raise self._answer_for(method, exc) from exc
+        if plain:
+            return result
         try:
             if hooks.after_legacy:
                 replaced = await _maybe_await(self.after_request(method, result, context))
@@ -278,7 +323,7 @@ class RpcNode(Node):
         return result if replaced is None else replaced
 
     async def _run_handler(self, handler: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        if inspect.iscoroutinefunction(handler):
+        if _is_async(handler):
             return await handler(*args, **kwargs)
         runner = getattr(self.runtime, "run_sync", None)
         if runner is not None:
@@ -356,10 +401,12 @@ class RpcNode(Node):
     # -- serving -----------------------------------------------------------------------
 
     async def start_server(self) -> None:
-        """Serve this node on `host:port` (an edge plus an in-process worker).
+        """Serve this node on `host:port` behind its own edge; returns once the port accepts
+        requests.
 
-        Returns once the port accepts requests. Uses `redis_url`, else `$SPARK_REDIS_URL`,
-        else the embedded broker.
+        With no broker URL (no `redis_url`, no `$SPARK_REDIS_URL`) the edge hands requests
+        straight to this node, in this process. With one, the node is an in-process worker
+        of its service on that broker, behind the edge.
         """
         from spark.runtime.server import NodeServer
 
@@ -439,11 +486,16 @@ class RpcNode(Node):
 
 
 class _HookStyles:
-    __slots__ = ("after_legacy", "before_takes_context")
+    __slots__ = ("after_legacy", "before_takes_context", "inherited")
 
-    def __init__(self, before_takes_context: bool, after_legacy: bool) -> None:
+    def __init__(self, before_takes_context: bool, after_legacy: bool, inherited: bool) -> None:
         self.before_takes_context = before_takes_context
         self.after_legacy = after_legacy
+        #: Neither hook is overridden by the class: both are RpcNode's no-ops.
+        self.inherited = inherited
+
+
+_HOOKS = frozenset({"before_request", "after_request"})
 
 
 _STYLES: dict[type, _HookStyles] = {}
@@ -468,5 +520,7 @@ def _hook_styles(cls: type) -> _HookStyles:
         styles = _STYLES[cls] = _HookStyles(
             before_takes_context=len(before) >= 3 and before[2] in ("context", "ctx"),
             after_legacy=len(after) == 3,
+            inherited=cls.before_request is RpcNode.before_request  # type: ignore[attr-defined]
+            and cls.after_request is RpcNode.after_request,  # type: ignore[attr-defined]
         )
     return styles

@@ -1,12 +1,17 @@
 """`RpcNode.start_server()`: one node served behind its own edge, in this process.
 
-`NodeServer(node)` starts an in-process worker for the node (`run_worker`) and an edge
-whose default service is the node's, on `node.host:node.port` with the node's TLS files.
-`start()` returns once the worker is registered and the port accepts connections;
-`stop()` closes the port, lets requests in flight finish, then drains the worker.
+`NodeServer(node)` serves the node on `node.host:node.port` (with the node's TLS files)
+through an edge whose default service is the node's. `start()` returns once the port
+accepts connections; `stop()` closes the port, lets requests in flight finish, then stops
+the node (its `on_stop` hook).
 
-With no `node.redis_url` (and no `$SPARK_REDIS_URL`) both use the embedded broker, so a
-node serves HTTP and WebSocket clients with nothing else installed.
+Two ways, one behaviour for callers:
+
+- no broker URL (no `node.redis_url`, no `$SPARK_REDIS_URL`): in-process. The edge hands
+  requests straight to the node (spark.runtime.inprocess); nothing else is started.
+- a broker URL (`memory://...` included): an edge plus an in-process worker on that
+  broker, so the node is one more worker of its service, reachable over the broker
+  (`transport="redis"`) as well as over HTTP and WebSocket.
 
 The node is duck-typed (anything with `handle_rpc`, `service`, `runtime`): the runtime
 never imports spark.nodes.
@@ -18,25 +23,38 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 from typing import Any
 
 from spark.broker import resolve_url
+from spark.broker.connection import ENV_URL
+from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.runtime.edge import EdgeConfig, EdgeServer
-from spark.runtime.worker import run_worker, service_of
+from spark.runtime.inprocess import InProcessHost, InProcessService
+from spark.runtime.worker import WorkerConfig, _hook, run_worker, service_of
 
 log = logging.getLogger("spark.server")
+
+_WORKER_DEFAULTS = WorkerConfig(service="-")
 
 
 class NodeServer:
     def __init__(self, node: Any, **edge_options: Any):
-        """`edge_options` are extra `EdgeConfig` fields (auth_tokens, max_body_bytes...)."""
+        """`edge_options` are extra `EdgeConfig` fields (auth_tokens, max_body_bytes...),
+        and `worker_options` (a dict of `WorkerConfig` fields; in-process only
+        `concurrency`, `grace` and `idempotency_ttl` apply)."""
         self.node = node
-        self.url = resolve_url(getattr(node, "redis_url", None))
+        explicit = getattr(node, "redis_url", None) or os.environ.get(ENV_URL)
+        #: Whether the node is served in this process with no broker (see the module doc).
+        self.in_process = not explicit
+        self.url = resolve_url(explicit) if explicit else None
         self.service = service_of(node)
         self.edge_options = edge_options
         self.worker_options: dict[str, Any] = edge_options.pop("worker_options", {})
         self.edge: EdgeServer | None = None
         self._worker: asyncio.Task | None = None
+        self._local: InProcessService | None = None
+        self._host: InProcessHost | None = None
         self._stop = asyncio.Event()
 
     @property
@@ -47,15 +65,72 @@ class NodeServer:
     def endpoint(self) -> str | None:
         return self.edge.url if self.edge is not None else None
 
-    async def start(self) -> NodeServer:
-        if self._worker is not None:
-            raise RuntimeError("server already started")
+    def _edge(self, local: InProcessService | None = None) -> EdgeServer:
+        """The node's edge, with the node's WebSocket hooks."""
         node = self.node
+        config = EdgeConfig(
+            redis_url=self.url,
+            host=getattr(node, "host", "127.0.0.1"),
+            port=getattr(node, "port", 8000),
+            default_service=self.service,
+            ssl_certfile=getattr(node, "ssl_certfile", None),
+            ssl_keyfile=getattr(node, "ssl_keyfile", None),
+            ssl_ca_certs=getattr(node, "ssl_ca_certs", None),
+            **self.edge_options,
+        )
+        edge = EdgeServer(config, local=local)
+        edge.edge.on_connect = _hook_of(node, "on_websocket_connect")
+        edge.edge.on_disconnect = _hook_of(node, "on_websocket_disconnect")
+        return edge
+
+    async def start(self) -> NodeServer:
+        if self._worker is not None or self._local is not None:
+            raise RuntimeError("server already started")
+        if self.in_process:
+            await self._start_in_process()
+        else:
+            await self._start_with_worker()
+        assert self.edge is not None
+        how = "in-process" if self.in_process else "through its broker"
+        log.info(
+            "%s serving %r %s on %s", type(self.node).__name__, self.service, how, self.edge.url
+        )
+        return self
+
+    async def _start_in_process(self) -> None:
+        node = self.node
+        options = self.worker_options
+        local = InProcessService(
+            node,
+            self.service,
+            concurrency=options.get("concurrency", _WORKER_DEFAULTS.concurrency),
+            max_backlog=self.edge_options.get("max_backlog", DEFAULT_MAX_BACKLOG),
+            idempotency_ttl=options.get("idempotency_ttl", _WORKER_DEFAULTS.idempotency_ttl),
+            grace=options.get("grace", _WORKER_DEFAULTS.grace),
+        )
+        edge = self._edge(local)
+        host = InProcessHost(
+            edge.edge.on_notification, service=self.service, threads=local.concurrency
+        )
+        # What run_worker does for a worker: the node learns its runtime and service name.
+        if hasattr(node, "runtime"):
+            node.runtime = host
+        if hasattr(node, "service"):
+            node.service = self.service
+        await _hook(node, "on_start")
+        self._local, self._host = local, host
+        try:
+            self.edge = await edge.start()
+        except BaseException:
+            await self._stop_in_process()
+            raise
+
+    async def _start_with_worker(self) -> None:
         ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._worker = asyncio.create_task(
             run_worker(
-                node,
+                self.node,
                 service=self.service,
                 url=self.url,
                 stop=self._stop,
@@ -71,26 +146,11 @@ class NodeServer:
             worker, self._worker = self._worker, None
             worker.result()  # raises what stopped it
             raise RuntimeError(f"worker for {self.service!r} stopped before it was ready")
-        config = EdgeConfig(
-            redis_url=self.url,
-            host=getattr(node, "host", "127.0.0.1"),
-            port=getattr(node, "port", 8000),
-            default_service=self.service,
-            ssl_certfile=getattr(node, "ssl_certfile", None),
-            ssl_keyfile=getattr(node, "ssl_keyfile", None),
-            ssl_ca_certs=getattr(node, "ssl_ca_certs", None),
-            **self.edge_options,
-        )
-        edge = EdgeServer(config)
-        edge.edge.on_connect = _hook_of(node, "on_websocket_connect")
-        edge.edge.on_disconnect = _hook_of(node, "on_websocket_disconnect")
         try:
-            self.edge = await edge.start()
+            self.edge = await self._edge().start()
         except BaseException:
             await self._stop_worker()
             raise
-        log.info("%s serving %r on %s", type(node).__name__, self.service, self.edge.url)
-        return self
 
     @property
     def websocket_clients(self) -> dict[str, Any]:
@@ -104,6 +164,7 @@ class NodeServer:
             edge, self.edge = self.edge, None
             await edge.stop()
         await self._stop_worker()
+        await self._stop_in_process()
 
     async def _stop_worker(self) -> None:
         if self._worker is not None:
@@ -111,6 +172,18 @@ class NodeServer:
             self._stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+
+    async def _stop_in_process(self) -> None:
+        local, self._local = self._local, None
+        host, self._host = self._host, None
+        if local is None:
+            return
+        try:
+            await local.drain()
+            await _hook(self.node, "on_stop")
+        finally:
+            if host is not None:
+                await host.aclose()
 
     async def __aenter__(self) -> NodeServer:
         return await self.start()

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from spark.aio import Batcher, cancel_and_wait
+from spark.aio import Batcher, cancel_and_wait, timeout
 from spark.broker import (
     UNREACHABLE,
     Entry,
@@ -453,7 +453,7 @@ class Worker:
         """
         token = current_call.set(call)
         try:
-            async with asyncio.timeout(deadline - time.time()) as scope:
+            with timeout(deadline - time.time()) as scope:
                 result = await self.handler(env.method, env.params, call)
             return encode_result(env.id, result), True
         except RpcError as exc:

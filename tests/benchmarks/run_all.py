@@ -1,5 +1,5 @@
-"""`make bench`: every benchmark script, one after the other, each against its own
-redis-server, each printing its figures next to a raw baseline measured in the same run."""
+"""`make bench`: the performance table (bench_perf: every way in next to its reference, scale
+curves, memory; written to results/latest.md), then GraphState on Redis (bench_state)."""
 
 from __future__ import annotations
 
@@ -10,26 +10,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import bench_edge
 import bench_observability
-import bench_redis
+import bench_perf
 import bench_state
 
 BENCHMARKS = [
-    ("redis transport (issue 3)", bench_redis.main),
-    ("edge: HTTP and WebSocket (issue 4)", bench_edge.main),
+    ("performance table (issue 15)", bench_perf.main),
     ("GraphState on Redis (issue 6)", bench_state.main),
     ("observability overhead (issue 14)", bench_observability.main),
 ]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     failed = 0
     for title, run in BENCHMARKS:
         print(f"\n=== {title} ===", flush=True)
         started = time.perf_counter()
         try:
-            run([])
+            run(list(argv or []) if run is bench_perf.main else [])
         except Exception as exc:  # one broken benchmark should not hide the others' figures
             failed += 1
             print(f"FAILED: {type(exc).__name__}: {exc}", flush=True)
@@ -38,4 +36,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -36,6 +36,9 @@ from spark.runtime.edge.core import Edge, request_options, valid_service
 from spark.runtime.edge.security import server_ssl_context
 from spark.runtime.edge.websocket import serve_websocket
 from spark.runtime.metrics import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from spark.runtime.inprocess import InProcessService
 
 log = logging.getLogger("spark.edge")
 
@@ -106,7 +109,9 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
         parsed,
         transport="http",
         timeout=edge.timeout_for(
-            request.headers.get(TIMEOUT_HEADER) or request.query.get(TIMEOUT_QUERY)
+            request.headers.get(TIMEOUT_HEADER)
+            # Parsing the query costs on every request: only when there is one.
+            or (request.query.get(TIMEOUT_QUERY) if request.query_string else None)
         ),
         idempotency_key=request.headers.get(IDEMPOTENCY_HEADER) or None,
         options=request_options(data, parsed),
@@ -165,10 +170,13 @@ def make_app(edge: Edge) -> web.Application:
 
 
 class EdgeServer:
-    """An edge listening on a port: `await start()` returns once it accepts connections."""
+    """An edge listening on a port: `await start()` returns once it accepts connections.
 
-    def __init__(self, config: EdgeConfig):
-        self.edge = Edge(config)
+    `local` serves one node in this process with no broker (see `Edge`).
+    """
+
+    def __init__(self, config: EdgeConfig, local: InProcessService | None = None):
+        self.edge = Edge(config, local)
         self.config = self.edge.config
         self.app = make_app(self.edge)
         self._runner: web.AppRunner | None = None
