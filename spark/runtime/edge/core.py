@@ -235,7 +235,7 @@ class Edge:
             options = None
         if options is None and len(requests) == 1:  # the usual case, without the planning
             outcome = await self.one(
-                service, requests[0], transport, deadline, idempotency_key, client_id
+                service, requests[0], transport, deadline, idempotency_key, trace, client_id
             )
             return encode_reply(parsed, [outcome])
 
