@@ -1,4 +1,9 @@
 # One image for every process of the stack: spark-edge and each spark-worker pool.
+# It holds the runtime dependencies only: no test tools and no embedded broker (the
+# `embedded` extra, fakeredis), so a process given no broker URL fails instead of quietly
+# serving an in-process broker nobody else can reach.
+# Packaging your own services: see "Packaging your own services" in README.md (an image
+# FROM this one that adds your package).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

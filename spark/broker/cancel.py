@@ -19,6 +19,7 @@ without running.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from spark.broker.connection import is_cluster
+from spark.broker.connection import publish as publish_on
 from spark.broker.keys import ServiceKeys
 
 METHOD = "cancel"
@@ -69,7 +72,16 @@ def parse(params: Any) -> list[CancelItem]:
 
 
 async def publish(redis: aioredis.Redis, by_service: Mapping[str, list[CancelItem]]) -> None:
-    """One message per service, all in one round trip."""
+    """One message per service, all in one round trip (one per shard on a cluster)."""
+    if is_cluster(redis):
+        await asyncio.gather(
+            *(
+                publish_on(redis, ServiceKeys.for_service(service).cancel, message(items))
+                for service, items in by_service.items()
+                if items
+            )
+        )
+        return
     pipe = redis.pipeline(transaction=False)
     for service, items in by_service.items():
         if items:

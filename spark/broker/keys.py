@@ -77,6 +77,22 @@ class ServiceKeys:
         return f"{PREFIX}:{{{self.service}}}:result:{idempotency_key}"
 
 
+#: Matches every service's request stream (SCAN, to find services on every shard).
+REQUESTS_PATTERN = f"{PREFIX}:{{*}}:requests"
+
+
+def service_of(requests_key: str) -> str | None:
+    """The service a request stream key belongs to (None for any other key)."""
+    head, tail = f"{PREFIX}:{{", "}:requests"
+    if not (requests_key.startswith(head) and requests_key.endswith(tail)):
+        return None
+    name = requests_key[len(head) : -len(tail)]
+    try:
+        return check_name("service name", name)
+    except ValueError:
+        return None
+
+
 def reply_key(client_id: str) -> str:
     return f"{PREFIX}:reply:{{{client_id}}}"
 

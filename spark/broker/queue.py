@@ -71,6 +71,10 @@ class ServiceQueue:
                 GROUP, consumer, {self.keys.requests: ">"}, count=count, block=block_ms
             )
         except ResponseError as exc:
+            if str(exc).startswith("UNBLOCKED"):
+                # The stream left this node while we waited (its slot moved to another shard
+                # of a cluster, or it was deleted): read again, wherever it is now.
+                return []
             if "NOGROUP" not in str(exc):
                 raise
             # The stream was deleted under us (FLUSHALL, a Redis without persistence restarted).

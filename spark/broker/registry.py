@@ -14,7 +14,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from spark.broker.keys import GROUP, SERVICES, ServiceKeys
+from spark.broker.connection import scan_keys
+from spark.broker.keys import GROUP, REQUESTS_PATTERN, SERVICES, ServiceKeys, service_of
 
 
 async def beat(
@@ -39,6 +40,12 @@ async def live_count(redis: aioredis.Redis, keys: ServiceKeys) -> int:
     return await redis.zcount(keys.workers, time.time(), "+inf")
 
 
+async def is_live(redis: aioredis.Redis, keys: ServiceKeys, consumer: str) -> bool:
+    """Whether this one worker's heartbeat is fresh (for its own health check)."""
+    expires = await redis.zscore(keys.workers, consumer)
+    return expires is not None and expires > time.time()
+
+
 async def live_workers(redis: aioredis.Redis, keys: ServiceKeys) -> dict[str, dict]:
     pipe = redis.pipeline(transaction=False)
     pipe.zrangebyscore(keys.workers, time.time(), "+inf")
@@ -47,8 +54,21 @@ async def live_workers(redis: aioredis.Redis, keys: ServiceKeys) -> dict[str, di
     return {n.decode(): orjson.loads(info[n]) if n in info else {} for n in names}
 
 
-async def services(redis: aioredis.Redis) -> list[str]:
-    return sorted(s.decode() for s in await redis.smembers(SERVICES))
+async def services(redis: aioredis.Redis, *, scan: bool = False) -> list[str]:
+    """Every service that ever had a worker (the registry set).
+
+    `scan=True` (the operator's `spark status` and `spark dlq`) also lists every service
+    with a request stream, found by SCAN on every primary: on a cluster the services' keys
+    are spread over the shards, and a service whose requests were sent before any worker
+    started, or whose entry the registry set's shard lost in a failover, still shows.
+    """
+    names = {s.decode() for s in await redis.smembers(SERVICES)}
+    if scan:
+        async for key in scan_keys(redis, REQUESTS_PATTERN):
+            name = service_of(key.decode("utf-8", "replace"))
+            if name is not None:
+                names.add(name)
+    return sorted(names)
 
 
 async def prune(redis: aioredis.Redis, keys: ServiceKeys, grace: float) -> list[str]:

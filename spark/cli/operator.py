@@ -473,7 +473,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     redis = connect(url, max_connections=4)
     meter = admin.ThroughputMeter()
     try:
-        services = args.services or await registry.services(redis)
+        services = args.services or await registry.services(redis, scan=True)
         rows = await collect_status(redis, services, meter)
         if args.watch:
             return await _watch(args, redis, url, services, meter)
@@ -509,7 +509,9 @@ async def _sample(redis, services, meter, rows, seconds: float) -> list[admin.Se
 async def _watch(args, redis, url: str, services, meter) -> int:
     tty = sys.stdout.isatty()
     while True:
-        rows = await collect_status(redis, args.services or await registry.services(redis), meter)
+        rows = await collect_status(
+            redis, args.services or await registry.services(redis, scan=True), meter
+        )
         if args.json:
             print(dump_json(status_docs(rows), indent=False), flush=True)
         else:

@@ -48,6 +48,7 @@ from tenacity import (
 )
 
 from spark.broker import resolve_url
+from spark.broker.connection import is_broker_url
 from spark.context import inherited_deadline
 from spark.errors import RpcError, RpcTimeoutError, TransportError
 from spark.lifetime import close_with_loop
@@ -55,9 +56,6 @@ from spark.nodes.base import Node
 from spark.nodes.policies import CircuitBreaker, Transition
 from spark.nodes.rpc import NOTIFICATION_TOPIC_PREFIX, split_input
 from spark.nodes.types import ExecutionContext
-
-_BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "memory://", "memory:")
-
 
 TransportName = Literal["http", "websocket", "redis"]
 TRANSPORTS: tuple[TransportName, ...] = get_args(TransportName)
@@ -125,7 +123,7 @@ class RemoteRpcProxyConfig:
         if self.transport == "redis":
             if not self.service:
                 raise ValueError('transport="redis" needs service="name"')
-            if self.endpoint and not self.endpoint.startswith(_BROKER_SCHEMES):
+            if self.endpoint and not is_broker_url(self.endpoint):
                 raise ValueError(
                     f'transport="redis" talks to the broker, not to {self.endpoint!r}: give a '
                     "broker URL (redis://...) as endpoint, or none ($SPARK_REDIS_URL), or use "

@@ -1,16 +1,19 @@
 """compose.yaml is true: every service's own command, run as a local process, serves.
 
-No Docker engine here, so the test parses compose.yaml, starts each service's `command`
-(unchanged but for addresses: the Redis URL, the edge's port and bind address, and the
-Python/console-script paths of this virtualenv) as many times as its replicas, runs every
-healthcheck's own command until it passes, drives one request through the edge to every
-service, then SIGTERMs everything and expects clean exits.
+No Docker engine here, so the test parses compose.yaml (with the secrets a `.env` would
+give it), starts each service's `command` with its `environment` (unchanged but for
+addresses: the Redis host and port, the edge's port and bind address, each service's own
+health directory as a container's own /tmp would be, and the Python/console-script paths of
+this virtualenv) as many times as its replicas, runs every healthcheck's own command until
+it passes, drives one request through the edge (with a bearer token) to every service, then
+SIGTERMs everything and expects clean exits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,7 +33,10 @@ from support.redis_server import free_port, wait_until
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_URL = "redis://redis:6379/0"
+#: What `.env` gives compose (see .env.example).
+DOTENV = {"REDIS_PASSWORD": "compose-test-secret", "SPARK_EDGE_TOKENS": "compose-test-token"}
+COMPOSE_URL = f"redis://:{DOTENV['REDIS_PASSWORD']}@redis:6379/0"
+HEALTH_DIR = "/tmp/spark-health"
 EDGE_PORT = "8000"
 WORKERS = {
     "customer",
@@ -44,10 +50,30 @@ WORKERS = {
 }
 
 
+def interpolate(text: str, values: dict[str, str]) -> str:
+    """Compose's `${NAME}` and `${NAME:?message}` (a missing value is an error there too)."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise AssertionError(f"compose.yaml needs {name}, which .env.example lacks")
+        return values[name]
+
+    return re.sub(r"\$\{([A-Z_][A-Z0-9_]*)(?::\?[^}]*)?\}", value, text)
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    with open(ROOT / "compose.yaml") as f:
-        return yaml.safe_load(f)
+    return yaml.safe_load(interpolate((ROOT / "compose.yaml").read_text(), DOTENV))
+
+
+def test_env_example_names_every_secret_compose_needs():
+    example = (ROOT / ".env.example").read_text()
+    names = {line.split("=", 1)[0] for line in example.splitlines() if re.match(r"^[A-Z_]+=", line)}
+    needed = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (ROOT / "compose.yaml").read_text()))
+    assert needed <= names and "SPARK_EDGE_TOKENS" in names
+    for ignore in (".gitignore", ".dockerignore"):
+        assert ".env" in (ROOT / ignore).read_text().split(), ignore
 
 
 # -- structure ------------------------------------------------------------------------------
@@ -62,32 +88,41 @@ def test_structure(compose):
         scrape = {job["job_name"]: job for job in yaml.safe_load(f)["scrape_configs"]}
     (sd,) = scrape["spark-worker"]["dns_sd_configs"]
     assert set(sd["names"]) == WORKERS and sd["port"] == 9100
-    assert scrape["spark-edge"]["static_configs"][0]["targets"] == [f"edge:{EDGE_PORT}"]
+    for name, svc in services.items():
+        assert svc["restart"] in ("unless-stopped", "always"), name
     redis_svc = services["redis"]
     assert redis_svc["image"].startswith("redis:7")
     cmd = redis_svc["command"]
     assert cmd[cmd.index("--appendonly") + 1] == "yes"
-    assert redis_svc["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert cmd[cmd.index("--requirepass") + 1] == DOTENV["REDIS_PASSWORD"]
+    assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    assert redis_svc["environment"]["REDISCLI_AUTH"] == DOTENV["REDIS_PASSWORD"]
+    assert redis_svc["healthcheck"]["test"][0] == "CMD-SHELL"
     assert any(v.endswith(":/data") for v in redis_svc["volumes"])
 
     edge = services["edge"]
     assert "8000:8000" in edge["ports"]
     assert edge["command"][0] == "spark-edge" and "/health" in " ".join(edge["healthcheck"]["test"])
     assert edge["depends_on"]["redis"]["condition"] == "service_healthy"
+    # The token comes from the env file, never from this file or the command line.
+    assert edge["env_file"] == [".env"] and "SPARK_EDGE_TOKENS" not in edge["environment"]
+    assert not any("token" in arg for arg in edge["command"])
+    assert edge["environment"]["SPARK_REDIS_URL"] == COMPOSE_URL
 
     for name in WORKERS:
         svc = services[name]
         cmd = svc["command"]
         assert cmd[0] == "spark-worker" and cmd[1].startswith("workers."), name
-        assert cmd[cmd.index("--redis") + 1] == COMPOSE_URL
+        assert "--redis" not in cmd, name  # the password stays in the environment
         assert svc["environment"]["SPARK_REDIS_URL"] == COMPOSE_URL
+        assert svc["environment"]["SPARK_HEALTH_DIR"] == HEALTH_DIR
+        assert svc["environment"]["SPARK_METRICS_PORT"] == "9100", name
         assert svc["deploy"]["replicas"] >= 2, name
-        check = svc["healthcheck"]["test"]
-        assert check[:3] == ["CMD", "spark-worker", cmd[1]] and "--check" in check, name
+        # Its own workers' heartbeats; nothing imported or built by the check.
+        assert svc["healthcheck"]["test"] == ["CMD", "spark-worker", "--check"], name
         assert svc["build"] == "." and svc["depends_on"]["redis"]["condition"] == "service_healthy"
         # The service name in compose is the one spark-worker derives from the class.
         assert name == _service_name(cmd[1])
-        assert svc["environment"]["SPARK_METRICS_PORT"] == "9100", name
 
 
 def _service_name(target: str) -> str:
@@ -100,6 +135,12 @@ def test_dockerfile_builds_what_compose_runs():
     text = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in text
     assert "pip install" in text and "USER spark" in text
+    # No embedded broker (fakeredis) in a deployed image: it is an extra, never installed.
+    steps = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    assert "[embedded]" not in steps and "fakeredis" not in steps
+    project = (ROOT / "pyproject.toml").read_text()
+    deps = project.split("dependencies = [", 1)[1].split("]", 1)[0]
+    assert "fakeredis" not in deps
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
 
@@ -113,7 +154,7 @@ class Stack:
         self.dir = Path(tempfile.mkdtemp(prefix="spark-compose-"))
         self.redis_port = free_port()
         self.edge_port = free_port()
-        self.url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.url = f"redis://:{DOTENV['REDIS_PASSWORD']}@127.0.0.1:{self.redis_port}/0"
         self.procs: list[tuple[str, subprocess.Popen]] = []
         bindir = str(Path(sys.executable).parent)
         self.env = processes.env()
@@ -137,12 +178,25 @@ class Stack:
             out[1:1] = ["-p", str(self.redis_port)]
         return out
 
-    def start(self, name: str, argv: list[str], extra_env: dict[str, str]) -> None:
-        env = {**self.env, **{k: str(v) for k, v in extra_env.items()}}
+    def service_env(self, name: str) -> dict[str, str]:
+        """The service's environment (and env file), with local addresses."""
+        svc = self.compose["services"][name]
+        env = dict(self.env)
+        env.pop("SPARK_REDIS_URL", None)  # only what compose gives the service
+        if svc.get("env_file"):
+            env.update(DOTENV)
+        for key, value in (svc.get("environment") or {}).items():
+            value = str(value).replace(COMPOSE_URL, self.url)
+            if value == HEALTH_DIR:  # a container's own /tmp
+                value = str(self.dir / f"{name}-health")
+            env[key] = value
+        return env
+
+    def start(self, name: str, argv: list[str]) -> None:
+        env = self.service_env(name)
         if "SPARK_METRICS_PORT" in env:
             # Replicas share this host here (not one container each): free ports instead.
             env["SPARK_METRICS_PORT"] = "0"
-        env.pop("SPARK_REDIS_URL", None)  # --redis (rewritten) is what must work
         with open(self.dir / f"{name}-{len(self.procs)}.log", "w") as log:
             proc = subprocess.Popen(
                 self.local(argv), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -151,9 +205,14 @@ class Stack:
 
     def healthy(self, name: str) -> bool:
         test = self.compose["services"][name]["healthcheck"]["test"]
-        assert test[0] == "CMD"
+        if test[0] == "CMD-SHELL":
+            shell = test[1].replace("redis-cli ", f"redis-cli -p {self.redis_port} ")
+            argv = ["sh", "-c", shell]
+        else:
+            assert test[0] == "CMD"
+            argv = self.local(test[1:])
         done = subprocess.run(
-            self.local(test[1:]), cwd=ROOT, env=self.env, capture_output=True, timeout=20
+            argv, cwd=ROOT, env=self.service_env(name), capture_output=True, timeout=20
         )
         return done.returncode == 0
 
@@ -191,7 +250,10 @@ def rpc(port: int, service: str, method: str, params: Any, timeout: float = 30) 
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/{service}",
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {DOTENV['SPARK_EDGE_TOKENS']}",
+        },
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         reply = json.loads(response.read())
@@ -203,16 +265,19 @@ def test_every_service_runs_from_its_compose_command(compose):
     services = compose["services"]
     stack = Stack(compose)
     try:
-        stack.start("redis", services["redis"]["command"], {})
+        stack.start("redis", services["redis"]["command"])
         wait_until(lambda: stack.healthy("redis"), timeout=15, what="redis healthcheck")
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=stack.redis_port).ping()
         client = redis.Redis.from_url(stack.url)
         assert client.config_get("appendonly")["appendonly"] == "yes"
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
 
         for name in ["edge", *sorted(WORKERS)]:
             svc = services[name]
             replicas = svc.get("deploy", {}).get("replicas", 1)
             for _ in range(replicas):
-                stack.start(name, svc["command"], svc.get("environment", {}))
+                stack.start(name, svc["command"])
         for name in ["edge", *sorted(WORKERS)]:
 
             def check(name=name):

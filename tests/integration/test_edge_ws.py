@@ -149,6 +149,7 @@ async def test_each_connection_has_a_client_id_seen_by_handlers(edge, http):
     assert ids[0] != ids[1]
 
 
+@pytest.mark.topologies()
 async def test_broadcast_and_targeted_notifications_from_a_worker_process(edge, http, redis_url):
     lab = WorkerProcess("support.services:LabRpcNode", redis_url, service="lab").wait_ready()
     try:
@@ -182,13 +183,18 @@ async def test_broadcast_and_targeted_notifications_from_a_worker_process(edge, 
     assert edge.edge.metrics.notifications.get("forwarded") == 4
 
 
+@pytest.mark.topologies()
 async def test_disconnect_cancels_pending_requests(edge, http):
     core = edge.edge
     ws = await http.ws_connect(ws_url(edge))
     for i in range(5):
         await ws.send_str(req("sleep", {"seconds": 5}, id=i))
-    await poll(lambda: core.metrics.inflight.get("websocket") == 5, what="5 in flight")
-    assert len(core.client._pending) == 5
+    # Counted in flight first, then waiting for their replies (a cluster's liveness check
+    # sits between the two).
+    await poll(
+        lambda: core.metrics.inflight.get("websocket") == 5 and len(core.client._pending) == 5,
+        what="5 in flight, waiting for replies",
+    )
     assert core.metrics.ws_clients.get("notify") == 1
     await ws.close()
     await poll(
@@ -205,6 +211,25 @@ async def test_disconnect_cancels_pending_requests(edge, http):
     async with http.ws_connect(ws_url(edge)) as ws2:
         await ws2.send_str(req("echo", {"after": True}))
         assert (await recv(ws2))["result"] == {"after": True}
+
+
+@pytest.mark.topologies()
+async def test_notifications_reach_a_client_through_any_edge(edge, http, redis_url):
+    """Two edges on one broker: a handler called through one edge notifies a WebSocket
+    client connected to the other (on a cluster: sharded channels, one per client)."""
+    async with edge_at(redis_url) as second:
+        async with (
+            http.ws_connect(ws_url(edge)) as a,
+            http.ws_connect(ws_url(second)) as b,
+        ):
+            b_id = b._response.headers["X-Spark-Client-Id"]
+            await a.send_str(req("tell", {"client_id": b_id, "data": "across"}, id=1))
+            assert (await recv(a))["result"] == "told"
+            assert await recv(b) == {"jsonrpc": "2.0", "method": "direct", "params": "across"}
+            await a.send_str(req("broadcast", {"method": "news", "params": {"n": 2}}, id=2))
+            note = {"jsonrpc": "2.0", "method": "news", "params": {"n": 2}}
+            assert await recv(b) == note
+            assert note in [await recv(a), await recv(a)]
 
 
 async def test_auth_at_the_handshake(redis_url, worker, http):

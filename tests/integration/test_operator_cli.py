@@ -12,9 +12,8 @@ import time
 import aiohttp
 import pytest
 import redis as sync_redis
-import redis.asyncio as aioredis
 
-from spark.broker import Envelope, ServiceQueue, admin
+from spark.broker import Envelope, ServiceQueue, admin, connect
 from spark.broker.keys import ServiceKeys
 from spark.broker.queue import Entry
 from spark.client.broker_client import BrokerClient
@@ -24,6 +23,7 @@ from spark.runtime.dev import DevServer
 from spark.runtime.edge import EdgeConfig, EdgeServer
 from support.polling import eventually as poll
 from support.processes import WorkerProcess, env
+from support.redis_cluster import sync_client
 from support.redis_server import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -68,13 +68,13 @@ def workers(redis_url):
 
 @pytest.fixture
 async def redis(redis_url):
-    r = aioredis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     yield r
     await r.aclose()
 
 
 def runs(url: str, key: str) -> int:
-    client = sync_redis.Redis.from_url(url)
+    client = sync_client(url)
     try:
         return int(client.get(f"lab:runs:{key}") or 0)
     finally:
@@ -172,6 +172,7 @@ async def test_call_through_edge(workers, redis_url):
 FIGURES = ("service", "workers", "inflight", "backlog", "pending", "dead", "rate")
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_status_numbers(workers, redis_url, redis):
     workers("--heartbeat", "0.2", "--concurrency", "4")
     idle = ServiceQueue(redis, "idle")
@@ -225,6 +226,21 @@ async def test_status_numbers(workers, redis_url, redis):
     assert str(worker["pid"]) in out
 
 
+@pytest.mark.topologies()
+async def test_status_lists_services_of_every_shard(redis_url):
+    """Services known only by their request streams (sent to before any worker started),
+    spread over the shards of a cluster, are all listed."""
+    names = [f"queued{i}" for i in range(6)]
+    async with BrokerClient(redis_url) as client:
+        for name in names:
+            await client.notify(name, "m", {})
+    code, out, err = await aspark("status", "--json", "--redis", redis_url)
+    assert code == 0, err
+    rows = {r["service"]: r for r in json.loads(out)}
+    assert set(rows) == set(names)
+    assert all(r["backlog"] == 1 and r["workers"] == 0 for r in rows.values())
+
+
 async def test_status_watch_until_interrupted(redis_url, redis):
     await ServiceQueue(redis, "idle").ensure_group()
     proc = await asyncio.create_subprocess_exec(
@@ -268,6 +284,7 @@ async def test_status_watch_until_interrupted(redis_url, redis):
 # -- dlq ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_dead_letters_list_replay_purge(workers, redis_url, redis):
     workers("--processes", "2", "--reclaim-after", "0.5", "--max-deliveries", "1", count=2)
     async with BrokerClient(redis_url) as client:

@@ -118,6 +118,7 @@ async def test_graph_chains_proxies_and_local_nodes(pool, redis_url):
     await b.aclose()
 
 
+@pytest.mark.topologies()
 async def test_notifications_reach_the_graph_event_bus(pool, redis_url):
     pool()
     proxy = proxy_for(redis_url)
@@ -142,6 +143,7 @@ async def test_notifications_reach_the_graph_event_bus(pool, redis_url):
     await proxy.aclose()
 
 
+@pytest.mark.topologies()
 async def test_graph_state_is_shared_with_remote_handlers(pool, redis_url):
     """One workflow run, one state: the handler in another process uses the caller's state."""
     workers = pool(count=2)

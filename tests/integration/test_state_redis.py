@@ -16,7 +16,7 @@ from support.redis_server import free_port
 from support.state_child import Child
 from support.state_contract import Backends, StateContract
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.topologies()]
 
 
 class TestRedisStateContract(StateContract):

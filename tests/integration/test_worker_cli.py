@@ -38,6 +38,48 @@ def test_check_reports_live_workers(redis_url):
     assert check(redis_url) == 1
 
 
+def own_check(url: str, health_dir, service: str | None = None) -> int:
+    """`spark-worker --check` as a container runs it: no TARGET, this host's records."""
+    cmd = [sys.executable, "-m", "spark.cli.worker", "--check", "--health-dir", str(health_dir)]
+    cmd += ["--redis", url] + (["--service", service] if service else [])
+    return subprocess.run(cmd, env=env(), capture_output=True, timeout=30).returncode
+
+
+def test_check_tests_this_hosts_own_worker(redis_url, tmp_path):
+    """A worker whose own heartbeat stopped fails its check, even while another worker of
+    the same service (another container) is live and the service-wide check passes."""
+    ours = tmp_path / "health"
+    assert own_check(redis_url, ours) == 1  # nothing recorded yet
+    mine = WorkerProcess(
+        "support.services:LabRpcNode",
+        redis_url,
+        "--heartbeat",
+        "0.2",
+        "--health-dir",
+        str(ours),
+        service="lab",
+    ).wait_ready()
+    other = WorkerProcess("support.services:LabRpcNode", redis_url, service="lab")
+    try:
+        other.wait_ready(count=2)
+        assert own_check(redis_url, ours) == 0
+        assert own_check(redis_url, ours, service="lab") == 0
+        assert own_check(redis_url, ours, service="other") == 1
+        mine.signal(signal.SIGSTOP)  # alive but hung: its heartbeat goes stale
+        try:
+            wait_until(lambda: own_check(redis_url, ours) == 1, timeout=20, what="stale check")
+            assert check(redis_url) == 0  # the service-wide check still passes
+        finally:
+            mine.signal(signal.SIGCONT)
+        wait_until(lambda: own_check(redis_url, ours) == 0, timeout=20, what="fresh again")
+        assert mine.terminate() == 0
+        assert not list(ours.glob("*.json"))  # a clean exit removes its record
+        assert own_check(redis_url, ours) == 1
+    finally:
+        mine.stop()
+        other.stop()
+
+
 def test_check_with_unreachable_broker_fails():
     server = RedisServer().start()
     url = server.url

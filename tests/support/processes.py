@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import redis
-
+from support.redis_cluster import sync_client
 from support.redis_server import wait_until
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ def env() -> dict[str, str]:
 def live_workers(url: str, service: str) -> int:
     import time
 
-    client = redis.Redis.from_url(url)
+    client = sync_client(url)
     try:
         return client.zcount(f"spark:{{{service}}}:workers", time.time(), "+inf")
     finally:
@@ -49,7 +49,9 @@ class WorkerProcess:
         if service:
             cmd += ["--service", service]
         self.url = url
-        self.proc = subprocess.Popen(cmd, env=env(), cwd=cwd)
+        # Its own process group: stop() takes a supervisor's children with it (a SIGKILLed
+        # supervisor cannot forward anything, and its orphans would serve later tests).
+        self.proc = subprocess.Popen(cmd, env=env(), cwd=cwd, start_new_session=True)
 
     @property
     def pid(self) -> int:
@@ -78,6 +80,9 @@ class WorkerProcess:
         return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
+        """SIGKILL the process and everything it started."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(timeout=10)
+        self.proc.wait(timeout=10)

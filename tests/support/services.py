@@ -9,6 +9,7 @@ from typing import Required, TypedDict
 
 import redis.asyncio as aioredis
 
+from spark.broker import connect
 from spark.nodes import Node
 from spark.nodes.rpc import RpcNode
 
@@ -23,7 +24,7 @@ class LabRpcNode(RpcNode):
     @property
     def redis(self) -> aioredis.Redis:
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(self.runtime.url)
+            self._redis = connect(self.runtime.url)
         return self._redis
 
     async def _count(self, key: str | None) -> int | None:

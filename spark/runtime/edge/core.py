@@ -28,7 +28,8 @@ import redis.asyncio as aioredis
 
 from spark import tracing
 from spark.broker import UNREACHABLE, connect, registry, resolve_url
-from spark.broker.keys import NOTIFY_PATTERN, ServiceKeys, check_name
+from spark.broker.connection import is_cluster_url
+from spark.broker.keys import NOTIFY_PATTERN, ServiceKeys, check_name, client_channel
 from spark.broker.notify import Notification, NotificationListener
 from spark.client.broker_client import BrokerClient
 from spark.errors import (
@@ -129,8 +130,12 @@ class Edge:
             return
         self.client = BrokerClient(self.url, max_backlog=self.config.max_backlog)
         self.redis = connect(self.url, max_connections=4)
+        # Sharded pub/sub (a cluster) has no patterns: there the edge subscribes to the
+        # channels of its WebSocket clients and of their services as they come and go.
         self.listener = NotificationListener(
-            self.url, self.on_notification, patterns=[NOTIFY_PATTERN]
+            self.url,
+            self.on_notification,
+            patterns=[] if is_cluster_url(self.url) else [NOTIFY_PATTERN],
         )
         # Bounded wait: with Redis down the edge still starts (and /health says 503).
         await self.listener.start(timeout=5.0)
@@ -160,14 +165,26 @@ class Edge:
         self.by_service[conn.service].add(conn)
         self.metrics.ws_clients.inc(conn.service)
 
+    async def subscribe(self, conn: WsConnection) -> None:
+        """On a cluster, subscribe to what this connection may be sent (sharded channels)."""
+        if self.listener is not None and self.listener.sharded:
+            await self.listener.add(
+                client_channel(conn.client_id), ServiceKeys.for_service(conn.service).notify
+            )
+
     def unregister(self, conn: WsConnection) -> None:
         if self.sockets.pop(conn.client_id, None) is None:
             return
+        sharded = self.listener is not None and self.listener.sharded
+        if sharded:
+            self.listener.discard(client_channel(conn.client_id))
         group = self.by_service.get(conn.service)
         if group is not None:
             group.discard(conn)
             if not group:
                 del self.by_service[conn.service]
+                if sharded:
+                    self.listener.discard(ServiceKeys.for_service(conn.service).notify)
         self.metrics.ws_clients.dec(conn.service)
 
     def on_notification(self, note: Notification) -> None:

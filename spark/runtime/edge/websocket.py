@@ -206,6 +206,7 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
     ws.headers[CLIENT_ID_HEADER] = conn.client_id
     await ws.prepare(request)
     edge.register(conn)
+    await edge.subscribe(conn)
     conn.start()
     try:
         await _hook(edge.on_connect, conn.client_id, ws)
