@@ -354,13 +354,14 @@ async def service_status(redis: aioredis.Redis, service: str) -> ServiceStatus:
     # Finished entries are deleted, so the first entry is the oldest unfinished request;
     # its id is a Redis timestamp, compared with Redis's own clock.
     pipe.xrange(keys.requests, count=1)
-    pipe.time()
-    backlog, dead, pending, first, now = await pipe.execute(raise_on_error=False)
+    backlog, dead, pending, first = await pipe.execute(raise_on_error=False)
     for value in (backlog, dead):
         if isinstance(value, Exception):
             raise value
     oldest_age = None
-    if isinstance(first, list) and first and isinstance(now, tuple | list):
+    if isinstance(first, list) and first:
+        # Not in the pipeline: a cluster refuses TIME there (any node's clock will do).
+        now = await redis.time()
         entry_id = first[0][0]
         entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
