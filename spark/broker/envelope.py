@@ -2,14 +2,20 @@
 
 A stream entry has one field, `e`, holding the envelope as JSON. The envelope carries our
 own request id (unique per client; the caller's JSON-RPC id never leaves the caller), the
-client to reply to, the absolute deadline, optional idempotency key and state namespace, and
+client to reply to, the request's budget, optional idempotency key and state namespace, and
 the caller's W3C trace context (`trace`: `{"traceparent": ..., "tracestate": ...}`, see
 `spark.protocol.wire.read_trace`). The reply's format is wire knowledge shared with the
 client: it lives in `spark.protocol.wire` (re-exported here).
+
+The budget travels relative (`timeout`, seconds left when the request was enqueued, as
+gRPC's `grpc-timeout`): a worker counts it from the time in the stream entry's id, which is
+Redis's clock, so clocks that differ between hosts do not shorten or stretch it. The absolute
+`deadline` is still written for producers and workers that predate `timeout`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +41,8 @@ __all__ = [
 ]
 
 FIELD = b"e"
+#: Longest budget a request may have (a day): a deadline of 1e300 would overflow timers.
+MAX_TIMEOUT = 86_400.0
 
 
 @dataclass(slots=True)
@@ -44,7 +52,7 @@ class Envelope:
     params: Any = None
     #: Client id to send the reply to; None for a notification (no reply).
     reply_to: str | None = None
-    #: Absolute deadline, seconds since the epoch.
+    #: Absolute deadline, seconds since the epoch (the caller's clock).
     deadline: float | None = None
     idempotency_key: str | None = None
     state: str | None = None
@@ -52,6 +60,8 @@ class Envelope:
     #: Client that notifications about this call target (a WebSocket connection behind the
     #: edge); None means `reply_to`.
     client: str | None = None
+    #: Seconds the request had left when it was enqueued (see the module docstring).
+    timeout: float | None = None
     #: The caller's W3C trace context (spark.tracing); None when it sent none.
     trace: dict[str, str] | None = None
 
@@ -71,6 +81,8 @@ class Envelope:
             doc["enqueued_at"] = self.enqueued_at
         if self.client is not None:
             doc["client"] = self.client
+        if self.timeout is not None:
+            doc["timeout"] = self.timeout
         if self.trace is not None:
             doc["trace"] = self.trace
         return orjson.dumps(doc)
@@ -90,9 +102,11 @@ class Envelope:
         params = doc.get("params")
         if params is not None and not isinstance(params, dict | list):
             raise InvalidRequestError("params must be an object or an array")
-        deadline = doc.get("deadline")
-        if deadline is not None and not isinstance(deadline, int | float):
-            raise InvalidRequestError("deadline must be a number")
+        deadline, timeout = doc.get("deadline"), doc.get("timeout")
+        for name, value in (("deadline", deadline), ("timeout", timeout)):
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if value is not None and not number:
+                raise InvalidRequestError(f"{name} must be a number")
         for name in ("reply_to", "idempotency_key", "state", "client"):
             value = doc.get(name)
             if value is not None and not isinstance(value, str):
@@ -109,21 +123,42 @@ class Envelope:
             state=doc.get("state"),
             enqueued_at=doc.get("enqueued_at"),
             client=doc.get("client"),
+            timeout=timeout,
             trace=trace,
         )
+
+
+#: Our envelopes start with the id and name reply_to right after the params (see `encode`).
+_LEADING_ID = re.compile(rb'^\{"id":"((?:[^"\\]|\\.)*)"')
+_REPLY_TO = re.compile(rb',"reply_to":"((?:[^"\\]|\\.)*)"')
 
 
 def reply_address(raw: bytes) -> tuple[str, str] | None:
     """(request id, reply_to) of an envelope too malformed to decode, when they can be read.
 
     Lets a worker tell the caller its request was invalid instead of leaving it to time out.
+    JSON nested deeper than the decoder allows is read as our encoder lays it out: the id
+    first, and the last `reply_to` (the top-level one follows the params).
     """
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return None
+        return _address_by_layout(raw)
     if isinstance(doc, dict):
         rid, reply_to = doc.get("id"), doc.get("reply_to")
         if isinstance(rid, str) and isinstance(reply_to, str):
             return rid, reply_to
     return None
+
+
+def _address_by_layout(raw: bytes) -> tuple[str, str] | None:
+    first = _LEADING_ID.match(raw)
+    last = None
+    for last in _REPLY_TO.finditer(raw):  # noqa: B007 - the last match is the one wanted
+        pass
+    if first is None or last is None:
+        return None
+    try:
+        return orjson.loads(b'"' + first.group(1) + b'"'), orjson.loads(b'"' + last.group(1) + b'"')
+    except orjson.JSONDecodeError:
+        return None

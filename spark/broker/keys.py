@@ -58,6 +58,8 @@ class ServiceKeys:
     worker_info: str
     notify: str
     cancel: str
+    #: Bytes of envelopes in the request stream (enqueue adds, finish subtracts).
+    backlog_bytes: str
 
     @classmethod
     def for_service(cls, service: str) -> ServiceKeys:
@@ -71,6 +73,7 @@ class ServiceKeys:
             worker_info=f"{base}:worker-info",
             notify=f"{PREFIX}:notify:{{{service}}}",
             cancel=f"{base}:cancel",
+            backlog_bytes=f"{base}:backlog-bytes",
         )
 
     def result(self, idempotency_key: str) -> str:

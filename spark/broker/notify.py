@@ -35,6 +35,7 @@ from spark.aio import cancel_and_wait, reraise_cancellation
 from spark.broker import UNREACHABLE, connection
 from spark.broker.connection import connect, is_cluster_url
 from spark.broker.keys import ServiceKeys, client_channel
+from spark.broker.retrying import Backoff
 
 log = logging.getLogger("spark.notify")
 
@@ -207,29 +208,28 @@ class NotificationListener:
             self._session.unsubscribe(gone)
 
     async def _run(self) -> None:
-        failures = 0
+        retry = Backoff("notification listener", logger=log)
         while not self._closed:
             session = _Session(self)
+            failure: BaseException | None = None
             try:
                 async with asyncio.timeout(max(5.0, 5 * self.poll_timeout)):
                     await session.open()
                 self._session = session
                 self.connections += 1
-                failures = 0
+                retry.succeeded()
                 self.subscribed.set()
                 await session.failed
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis errors above all; the listener must live on
-                failures += 1
-                if failures in (1, 10) or failures % 100 == 0:
-                    log.warning("notification listener lost Redis (%r); reconnecting", exc)
+                failure = exc
             finally:
                 self._session = None
                 self.subscribed.clear()
                 await session.close()
-            if not self._closed:
-                await asyncio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
+            if failure is not None and not self._closed:
+                await retry.pause(failure)
 
     async def _deliver(self, msg: dict[str, Any]) -> None:
         note = decode(msg["channel"], msg["data"])

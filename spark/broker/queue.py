@@ -7,18 +7,25 @@ past `max_backlog` (OverloadedError) instead of trimming, which would drop accep
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from spark.broker.envelope import FIELD
 from spark.broker.keys import GROUP, SERVICES, ServiceKeys
 from spark.broker.scripts import script
+from spark.errors import OverloadedError
+
+log = logging.getLogger("spark.broker")
 
 DEFAULT_MAX_BACKLOG = 100_000
+#: Bytes of envelopes a service's stream may hold: entries alone do not bound memory
+#: (100,000 one-megabyte requests are 100 GB).
+DEFAULT_MAX_BACKLOG_BYTES = 256 * 1024 * 1024
 #: Dead-letter stream cap: it is for inspection and replay, not an archive.
 DEAD_LETTER_MAXLEN = 10_000
 
@@ -31,17 +38,29 @@ class Entry:
     deliveries: int = 1
 
 
+def group_lost(exc: ResponseError) -> bool:
+    """Whether Redis says our consumer group (or the stream under it) is gone."""
+    text = str(exc)
+    return text.startswith(("NOGROUP", "UNBLOCKED")) or "NOGROUP" in text
+
+
 def _entries(messages) -> list[Entry]:
     return [Entry(mid, fields.get(FIELD) if fields else None) for mid, fields in messages]
 
 
 class ServiceQueue:
     def __init__(
-        self, redis: aioredis.Redis, service: str, *, max_backlog: int = DEFAULT_MAX_BACKLOG
+        self,
+        redis: aioredis.Redis,
+        service: str,
+        *,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
     ):
         self.redis = redis
         self.keys = ServiceKeys.for_service(service)
         self.max_backlog = max_backlog
+        self.max_backlog_bytes = max_backlog_bytes
         self._enqueue = script(redis, "enqueue")
 
     @property
@@ -58,8 +77,21 @@ class ServiceQueue:
         await self.redis.sadd(SERVICES, self.service)
 
     async def enqueue(self, envelopes: list[bytes]) -> list[bytes | None]:
-        """Append envelopes in one round trip; None where the backlog was full."""
-        ids = await self._enqueue(keys=[self.keys.requests], args=[self.max_backlog, *envelopes])
+        """Append envelopes in one round trip; None where the backlog was full (entries or
+        bytes; an envelope alone in the stream is always accepted, whatever its size).
+
+        A Redis out of memory (maxmemory, noeviction) is an overload: OverloadedError,
+        which callers may retry, rather than a raw Redis error.
+        """
+        try:
+            ids = await self._enqueue(
+                keys=[self.keys.requests, self.keys.backlog_bytes],
+                args=[self.max_backlog, self.max_backlog_bytes, *envelopes],
+            )
+        except OutOfMemoryError as exc:
+            raise OverloadedError(
+                "the broker is out of memory", data={"service": self.service, "redis": str(exc)}
+            ) from exc
         return [i if i else None for i in ids]
 
     async def read(
@@ -73,11 +105,17 @@ class ServiceQueue:
         except ResponseError as exc:
             if str(exc).startswith("UNBLOCKED"):
                 # The stream left this node while we waited (its slot moved to another shard
-                # of a cluster, or it was deleted): read again, wherever it is now.
+                # of a cluster, it was deleted, the node was demoted): read again, wherever
+                # it is now (a NOGROUP or READONLY answer then says what became of it).
                 return []
-            if "NOGROUP" not in str(exc):
+            if not group_lost(exc):
                 raise
-            # The stream was deleted under us (FLUSHALL, a Redis without persistence restarted).
+            # The stream (and its group) was deleted under us: DEL, FLUSHALL, a Redis without
+            # persistence restarted, a failover to a replica without it (NOGROUP), or while
+            # we were blocked on it (UNBLOCKED). Start over with a new group.
+            log.warning(
+                "request stream of %r was reset (%s); recreating its group", self.service, exc
+            )
             await self.ensure_group()
             return []
         if not reply:
@@ -96,7 +134,7 @@ class ServiceQueue:
                 count=count,
             )
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not group_lost(exc):
                 raise
             await self.ensure_group()
             return []
@@ -156,13 +194,16 @@ class ServiceQueue:
         if entry_ids:
             await self.redis.xclaim(self.keys.requests, GROUP, consumer, 0, entry_ids, justid=True)
 
-    async def finish(self, entry_ids: list[bytes]) -> None:
-        """Acknowledge and delete finished entries (only ever after their reply is written)."""
+    async def finish(self, entry_ids: list[bytes], nbytes: int = 0) -> None:
+        """Acknowledge and delete finished entries (only ever after their reply is written);
+        `nbytes`, the size of their envelopes, leaves the backlog's byte count."""
         if not entry_ids:
             return
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(self.keys.requests, GROUP, *entry_ids)
         pipe.xdel(self.keys.requests, *entry_ids)
+        if nbytes:
+            pipe.decrby(self.keys.backlog_bytes, nbytes)
         await pipe.execute()
 
     async def dead_letter(self, entry: Entry, error: dict, consumer: str) -> None:
@@ -183,6 +224,8 @@ class ServiceQueue:
         )
         pipe.xack(self.keys.requests, GROUP, entry.entry_id)
         pipe.xdel(self.keys.requests, entry.entry_id)
+        if entry.raw:
+            pipe.decrby(self.keys.backlog_bytes, len(entry.raw))
         await pipe.execute()
 
     async def stats(self) -> dict[str, int]:

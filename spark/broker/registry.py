@@ -29,11 +29,28 @@ async def beat(
     await pipe.execute()
 
 
+async def server_time(redis: aioredis.Redis) -> float:
+    """Redis's clock (TIME), seconds since the epoch: the clock stream entry ids are on."""
+    seconds, micros = await redis.time()
+    return seconds + micros / 1_000_000
+
+
 async def leave(redis: aioredis.Redis, keys: ServiceKeys, consumer: str) -> None:
+    """A worker stops: forget its heartbeat, and its consumer when it holds nothing.
+
+    A consumer still holding pending entries stays: XGROUP DELCONSUMER would drop them, and
+    live workers reclaim them from it.
+    """
     pipe = redis.pipeline(transaction=False)
     pipe.zrem(keys.workers, consumer)
     pipe.hdel(keys.worker_info, consumer)
     await pipe.execute()
+    try:
+        held = await redis.xpending_range(keys.requests, GROUP, "-", "+", 1, consumername=consumer)
+    except ResponseError:
+        return  # no group (the stream is gone): nothing to remove
+    if not held:
+        await redis.xgroup_delconsumer(keys.requests, GROUP, consumer)
 
 
 async def live_count(redis: aioredis.Redis, keys: ServiceKeys) -> int:

@@ -9,11 +9,15 @@ The stream expires when nobody reads it (the client went away).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from spark.broker.keys import reply_key
+from spark.broker.scripts import script
 
 #: How long replies for a client that stopped reading stay around.
 DEFAULT_REPLY_TTL = 300
@@ -24,8 +28,11 @@ FIELD = b"r"
 TRIM_EVERY = 256
 #: Read from the start: replies written before the reader's first read are not missed.
 START = b"0-0"
-#: Marker stored under an idempotency key while its first request runs.
+#: Marker stored under an idempotency key while its first request runs:
+#: RUNNING + fingerprint + b"/" + owner (the entry id running it).
 RUNNING = b"\x00running:"
+#: A stored reply is fingerprint + SEP + reply: the key answers only the same request.
+SEP = b"\n"
 
 
 async def push(
@@ -78,14 +85,58 @@ def _successor(entry_id: bytes) -> str:
     return f"{ms}-{int(seq or 0) + 1}"
 
 
+def fingerprint(method: str, params: Any) -> bytes:
+    """What an idempotency key is bound to: the method and its params (key order ignored)."""
+    doc = orjson.dumps([method, params], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(doc, digest_size=16).hexdigest().encode()
+
+
+def running_marker(digest: bytes, owner: bytes) -> bytes:
+    return RUNNING + digest + b"/" + owner
+
+
+def stored_value(digest: bytes, reply: bytes) -> bytes:
+    return digest + SEP + reply
+
+
+def read_claim(value: bytes) -> tuple[bool, bytes | None, bytes]:
+    """(running, fingerprint, rest) of what an idempotency key holds.
+
+    rest is the owner of a RUNNING marker, else the stored reply. A reply stored before
+    keys were bound to requests (a bare JSON object) has fingerprint None.
+    """
+    if value.startswith(RUNNING):
+        digest, _, owner = value[len(RUNNING) :].partition(b"/")
+        return True, digest, owner
+    if value.startswith(b"{"):
+        return False, None, value
+    digest, _, reply = value.partition(SEP)
+    return False, digest, reply
+
+
 async def claim_idempotency(
-    redis: aioredis.Redis, key: str, owner: bytes, lease_seconds: float
+    redis: aioredis.Redis, key: str, marker: bytes, lease_seconds: float
 ) -> bytes | None:
-    """Mark `key` as running under `owner` unless something is stored there already.
+    """Store `marker` (see `running_marker`) under `key` unless something is there already.
 
     Returns what was there: None (the caller runs the handler), a RUNNING marker (a first
-    request is still running), or the stored reply.
+    request is still running), or the stored reply (see `read_claim`).
     """
-    return await redis.set(
-        key, RUNNING + owner, nx=True, get=True, px=max(1, int(lease_seconds * 1000))
+    return await redis.set(key, marker, nx=True, get=True, px=max(1, int(lease_seconds * 1000)))
+
+
+async def renew_claims(
+    redis: aioredis.Redis, claims: Sequence[tuple[str, bytes]], lease_seconds: float
+) -> None:
+    """Extend the lease of RUNNING markers (key, marker) still held by their owner.
+
+    Run with the entries' own lease renewal: a handler that outlives the first lease keeps
+    its key, so a repeat waits for its reply instead of running the handler a second time.
+    """
+    if not claims:
+        return
+    renew = script(redis, "renew_claims")
+    await renew(
+        keys=[k for k, _ in claims],
+        args=[max(1, int(lease_seconds * 1000)), *(m for _, m in claims)],
     )

@@ -32,8 +32,9 @@ from spark.broker import (
 )
 from spark.broker import cancel as cancelling
 from spark.broker.cancel import CancelItem
-from spark.broker.connection import is_memory
-from spark.broker.queue import DEFAULT_MAX_BACKLOG
+from spark.broker.connection import describe, is_memory
+from spark.broker.queue import DEFAULT_MAX_BACKLOG, DEFAULT_MAX_BACKLOG_BYTES
+from spark.broker.retrying import REDIS_ERRORS, Backoff
 from spark.context import inherited_deadline
 from spark.errors import (
     InvalidParamsError,
@@ -43,6 +44,7 @@ from spark.errors import (
     ServiceUnavailableError,
 )
 from spark.lifetime import close_with_loop
+from spark.lru import LruDict
 from spark.protocol.wire import decode_reply
 
 log = logging.getLogger("spark.client")
@@ -52,6 +54,9 @@ DEFAULT_TIMEOUT = 30.0
 LIVENESS_CACHE_SECONDS = 1.0
 #: Seconds one BLPOP waits; bounds how long the reader takes to notice it should stop.
 READ_BLOCK_SECONDS = 1.0
+#: Services whose queue handle and liveness are kept (least recently used ones are
+#: dropped): callers of an edge can name any number of services.
+MAX_SERVICES = 1024
 
 
 def check_params(params: Any) -> None:
@@ -69,16 +74,20 @@ class BrokerClient:
         *,
         client_id: str | None = None,
         max_backlog: int | None = None,
+        max_backlog_bytes: int | None = None,
     ):
         self.url = resolve_url(url)
         self.client_id = client_id or uuid.uuid4().hex
         #: Requests a service's stream may hold before enqueues are refused (overloaded);
         #: None means DEFAULT_MAX_BACKLOG.
         self.max_backlog = DEFAULT_MAX_BACKLOG if max_backlog is None else max_backlog
+        self.max_backlog_bytes = (
+            DEFAULT_MAX_BACKLOG_BYTES if max_backlog_bytes is None else max_backlog_bytes
+        )
         self._redis: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
         self._writer: aioredis.Redis | None = None
-        self._queues: dict[str, ServiceQueue] = {}
+        self._queues: LruDict[str, ServiceQueue] = LruDict(MAX_SERVICES)
         self._pending: dict[str, asyncio.Future] = {}
         self._outbox: Batcher[tuple[str, bytes], bytes] = Batcher(self._send)
         self._cancels: Batcher[tuple[str, CancelItem], None] = Batcher(self._send_cancels)
@@ -86,7 +95,7 @@ class BrokerClient:
         self._reader: asyncio.Task | None = None
         #: Set while calls wait for replies; the reader sleeps on it otherwise.
         self._wanted = asyncio.Event()
-        self._liveness: dict[str, tuple[float, int]] = {}
+        self._liveness: LruDict[str, tuple[float, int]] = LruDict(MAX_SERVICES)
         self._seq = 0
         self._closed = False
 
@@ -149,7 +158,10 @@ class BrokerClient:
                 # connection spares the pool's bookkeeping on every call.
                 self._writer = connect(self.url, max_connections=1, dedicated=True)
             q = self._queues[service] = ServiceQueue(
-                self._writer, service, max_backlog=self.max_backlog
+                self._writer,
+                service,
+                max_backlog=self.max_backlog,
+                max_backlog_bytes=self.max_backlog_bytes,
             )
         return q
 
@@ -220,6 +232,8 @@ class BrokerClient:
             state=state,
             enqueued_at=time.time(),
             client=client_id,
+            # Relative: the worker counts it on Redis's clock, whatever ours says.
+            timeout=remaining,
             trace=trace,
         )
         waiting = remaining if wait is None else max(0.0, min(wait, remaining))
@@ -232,6 +246,8 @@ class BrokerClient:
             with aio.timeout(waiting):
                 await self._enqueue(service, env.encode())
                 return await reply
+        except RpcTimeoutError:
+            raise  # the worker's own answer (-32001): passed on as it is, never reworded
         except TimeoutError:
             if cancel_on_abort and waiting >= remaining:
                 self.cancel(service, rid, idempotency_key)
@@ -289,14 +305,17 @@ class BrokerClient:
     ) -> None:
         """Enqueue a notification: it runs, nobody is answered. Returns once Redis has it."""
         check_params(params)
+        deadline = self.deadline_for(timeout, deadline)
+        now = time.time()
         env = Envelope(
             id=self.next_id(),
             method=method,
             params=params,
-            deadline=self.deadline_for(timeout, deadline),
+            deadline=deadline,
             idempotency_key=idempotency_key,
             state=state,
-            enqueued_at=time.time(),
+            enqueued_at=now,
+            timeout=max(0.0, deadline - now),
             trace=tracing.inject() if tracing.ENABLED else None,
         )
         await self._enqueue(service, env.encode())
@@ -323,7 +342,7 @@ class BrokerClient:
                     )
                 )
         except UNREACHABLE as exc:
-            raise RpcConnectionError(f"cannot reach the broker at {self.url}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         results: list[bytes | BaseException] = [b""] * len(batch)
         for (service, idx), ids in zip(by_service.items(), answers, strict=True):
             for i, entry_id in zip(idx, ids, strict=True):
@@ -336,6 +355,10 @@ class BrokerClient:
                 )
         return results
 
+    def _unreachable(self, exc: BaseException) -> RpcConnectionError:
+        # describe(): the URL without its password (it ends up in logs and error bodies).
+        return RpcConnectionError(f"cannot reach the broker at {describe(self.url)}: {exc}")
+
     async def _require_workers(self, service: str) -> None:
         now = time.monotonic()
         cached = self._liveness.get(service)
@@ -343,7 +366,7 @@ class BrokerClient:
             try:
                 count = await registry.live_count(self.redis, self.queue(service).keys)
             except UNREACHABLE as exc:
-                raise RpcConnectionError(f"cannot reach the broker at {self.url}: {exc}") from exc
+                raise self._unreachable(exc) from exc
             cached = self._liveness[service] = (now, count)
         if cached[1] == 0:
             raise ServiceUnavailableError(
@@ -365,9 +388,10 @@ class BrokerClient:
     # -- replies -----------------------------------------------------------------------
 
     async def _read_replies(self) -> None:
-        failures = 0
         last = replies.START
         untrimmed = 0
+        # Callers are bounded by their deadlines meanwhile; keep trying to read.
+        retry = Backoff("reading replies", logger=log)
         while not self._closed:
             try:
                 if untrimmed >= replies.TRIM_EVERY or (untrimmed and not self._pending):
@@ -382,25 +406,17 @@ class BrokerClient:
                     await self._wanted.wait()
                     continue
                 batch = await replies.read(self._blocking, self.client_id, last, READ_BLOCK_SECONDS)
-                reraise_cancellation()
-                for _entry_id, item in batch:
-                    self._resolve(item)
-                if batch:
-                    last = batch[-1][0]
-                    untrimmed += len(batch)
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # redis-py may turn a cancellation into a connection error: honour it.
-                reraise_cancellation()
-                # Callers are bounded by their deadlines meanwhile; keep trying to read.
-                failures += 1
-                if failures in (1, 10) or failures % 100 == 0:
-                    log.warning(
-                        "reading replies failed (%s: %s); retrying", type(exc).__name__, exc
-                    )
-                await asyncio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
+            except REDIS_ERRORS as exc:
+                # pause() honours a cancellation redis-py turned into a connection error.
+                await retry.pause(exc)
+                continue
+            reraise_cancellation()
+            retry.succeeded()
+            for _entry_id, item in batch:
+                self._resolve(item)
+            if batch:
+                last = batch[-1][0]
+                untrimmed += len(batch)
 
     def _resolve(self, item: bytes) -> None:
         rid, result, error = decode_reply(item)

@@ -249,7 +249,10 @@ class RpcNode(Node):
 
     def _handler(self, method: str) -> Callable[..., Any]:
         attr = attribute_for(method)
-        handler = getattr(self, attr, None) if attr else None
+        # Only methods the class defines (what list_methods shows): a callable stored on
+        # the instance under an `rpc_*` name is data, not an endpoint.
+        defined = attr is not None and callable(getattr(type(self), attr, None))
+        handler = getattr(self, attr, None) if defined else None
         if handler is None or not callable(handler):
             data: dict[str, Any] = {"available": self.list_methods()}
             if isinstance(method, str):

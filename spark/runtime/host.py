@@ -7,7 +7,7 @@ import contextvars
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
 
@@ -70,3 +70,24 @@ class ServiceHost:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+
+
+@runtime_checkable
+class Servable(Protocol):
+    """What a worker serves: anything with `handle_rpc` (an RpcNode, a Node)."""
+
+    async def handle_rpc(self, method: str, params: Any, call: CallInfo) -> Any: ...
+
+
+@runtime_checkable
+class HostAware(Protocol):
+    """A served target that reaches the broker through its host (notifications, state)."""
+
+    runtime: Any
+
+
+@runtime_checkable
+class ServiceAware(Protocol):
+    """A served target that learns the service name it is served under."""
+
+    service: str | None

@@ -11,6 +11,9 @@ import contextlib
 import logging
 import os
 import signal
+import time
+
+from spark.broker.retrying import Backoff
 
 log = logging.getLogger("spark.supervisor")
 
@@ -46,27 +49,29 @@ class Supervisor:
         return 0 if all(c == 0 for c in codes) else 1
 
     async def _keep(self, slot: int) -> int:
-        delay = 0.5
+        # The project's one backoff policy: jittered exponential waits up to
+        # MAX_RESTART_DELAY, cut short by stop(), logged at a steady rate.
+        restarts = Backoff(
+            f"worker process {slot}",
+            logger=log,
+            retry_on=(),
+            base=0.5,
+            max_wait=MAX_RESTART_DELAY,
+            stopping=self._stopping,
+        )
         while True:
             # Tells child `slot` which it is (spark-worker serves metrics on port + slot).
             env = {**os.environ, INDEX_ENV: str(slot)}
             proc = await asyncio.create_subprocess_exec(*self.argv, env=env)
             self._children[slot] = proc
             log.info("worker process %d started (pid %d)", slot, proc.pid)
+            began = time.monotonic()
             code = await proc.wait()
+            if time.monotonic() - began > 2 * MAX_RESTART_DELAY:
+                restarts.succeeded()  # it ran a good while: a new crash starts the waits over
             self._children.pop(slot, None)
             if self._stopping.is_set():
                 return code if code >= 0 else 0 if code == -signal.SIGTERM else code
-            log.warning(
-                "worker process %d (pid %d) exited with %d; restarting in %.1fs",
-                slot,
-                proc.pid,
-                code,
-                delay,
-            )
-            stopper = asyncio.create_task(self._stopping.wait())
-            await asyncio.wait({stopper}, timeout=delay)
-            stopper.cancel()
+            await restarts.pause(ChildProcessError(f"pid {proc.pid} exited with {code}"))
             if self._stopping.is_set():
                 return 0
-            delay = min(delay * 2, MAX_RESTART_DELAY)

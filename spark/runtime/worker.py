@@ -5,7 +5,7 @@ many deliveries, expired, already answered) -> handler under the request's deadl
 reply written -> entry acknowledged and deleted. Replies and acks of entries that finish
 together go out in one pipeline each. While a handler runs, its entry's lease is renewed
 so other workers do not reclaim it; entries of a worker that died go idle and are
-reclaimed by the others after `reclaim_after` seconds.
+reclaimed by the others after `reclaim_after` seconds, one at a time (see _run_reclaimed).
 
 Cancellation: every worker listens on its service's cancel channel (spark.broker.cancel).
 A cancel for a request whose handler is running here cancels the handler task; the request
@@ -31,9 +31,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from spark.aio import Batcher, cancel_and_wait, timeout
+from spark.aio import cancel_and_wait, timeout
 from spark.broker import (
-    UNREACHABLE,
     Entry,
     Envelope,
     ServiceQueue,
@@ -44,10 +43,17 @@ from spark.broker import (
     resolve_url,
 )
 from spark.broker import cancel as cancelling
-from spark.broker.envelope import encode_error, encode_result, reply_address, retag_reply
+from spark.broker.envelope import (
+    MAX_TIMEOUT,
+    encode_error,
+    encode_result,
+    reply_address,
+    retag_reply,
+)
 from spark.broker.keys import default_service_name
+from spark.broker.memory import memory_status
 from spark.broker.notify import Notification, NotificationListener
-from spark.broker.retrying import until_reachable, while_unreachable
+from spark.broker.retrying import REDIS_ERRORS, Backoff, Stopped
 from spark.context import CallInfo, current_call
 from spark.errors import (
     CancelledError,
@@ -57,10 +63,14 @@ from spark.errors import (
     RpcError,
     RpcTimeoutError,
 )
+from spark.runtime.cancellation import CANCEL_MEMORY, CancellationIndex
 from spark.runtime.discovery import answering_discover
-from spark.runtime.host import ServiceHost
+from spark.runtime.host import HostAware, Servable, ServiceAware, ServiceHost
+from spark.runtime.idempotency import IdempotencyGate
+from spark.runtime.lease import LeaseKeeper
 from spark.runtime.metrics import WorkerMetrics
 from spark.runtime.observe import WorkerObserver
+from spark.runtime.reply_writer import Done, ReplyWriter
 
 log = logging.getLogger("spark.worker")
 
@@ -70,9 +80,7 @@ EMBEDDED_READ_BLOCK_MS = 100
 #: What a worker serves: (method, params, call) -> JSON-able result, raising RpcError.
 Handler = Callable[[str, Any, CallInfo], Awaitable[Any]]
 
-#: Seconds a cancel for a request this worker is not running is remembered (the request
-#: may still be queued); request ids are never reused by a client, so this only bounds memory.
-CANCEL_MEMORY = 120.0
+__all__ = ["CANCEL_MEMORY", "Handler", "Worker", "WorkerConfig", "run_worker", "service_of"]
 
 
 @dataclass(slots=True)
@@ -100,18 +108,6 @@ class WorkerConfig:
     )
 
 
-@dataclass(slots=True)
-class _Done:
-    entry: Entry
-    reply_to: str | None
-    payload: bytes | None
-    #: Idempotency key to store the reply under, or to release when the reply is not kept.
-    store_key: str | None = None
-    keep: bool = True
-    #: Until when a failed reply write is retried (the caller stops waiting then).
-    deadline: float = 0.0
-
-
 class Worker:
     def __init__(self, handler: Handler, config: WorkerConfig, url: str):
         self.handler = handler
@@ -122,26 +118,35 @@ class Worker:
         self._writer: aioredis.Redis | None = None
         self.queue: ServiceQueue | None = None
         self._inflight: dict[bytes, asyncio.Task] = {}
-        #: Requests whose handler may be cancelled now, by (reply_to, id) and (reply_to, key).
-        self._by_request: dict[tuple[str, str], bytes] = {}
-        self._by_key: dict[tuple[str, str], set[bytes]] = {}
-        self._cancel_requested: set[bytes] = set()
-        #: Idempotency keys claimed by requests now answering (released if cancelled).
-        self._claimed: dict[bytes, str] = {}
-        #: (reply_to, id) of cancelled requests not running here -> forget after (monotonic).
-        self._cancelled: dict[tuple[str, str], float] = {}
+        #: The worker's parts, each testable alone: which running request a cancel is for,
+        #: idempotency keys, replies and acks, leases.
+        self._cancellation = CancellationIndex()
+        self._gate: IdempotencyGate | None = None
+        self._replies = ReplyWriter(
+            config.service, reply_ttl=config.reply_ttl, idempotency_ttl=config.idempotency_ttl
+        )
+        self._lease: LeaseKeeper | None = None
         self._cancels: NotificationListener | None = None
         #: Requests cancelled by their callers (counted in heartbeats as failures too).
         self.cancelled = 0
+        #: Redis's clock minus ours (seconds), measured with every heartbeat: request
+        #: budgets count from the stream entry's id, which Redis stamps (see _deadline_of).
+        self.clock_offset = 0.0
         self._slot_free = asyncio.Event()
-        self._writes: Batcher[_Done, bool] = Batcher(self._write)
         self._stopping = asyncio.Event()
+        # One retry policy per loop, each with its own steady-rate log line.
+        self._retry_start = Backoff("worker start", logger=log, stopping=self._stopping)
+        self._retry_read = Backoff("reading requests", logger=log, stopping=self._stopping)
+        self._retry_beat = Backoff("heartbeat", logger=log)
+        self._retry_reclaim = Backoff("reclaiming", logger=log)
+        self._retry_dead = Backoff("dead-lettering", logger=log, stopping=self._stopping)
         self.ready = asyncio.Event()
-        #: Running a reclaimed entry alone (see _reclaim_loop): read nothing new meanwhile.
-        self._isolating = False
+        #: Taking over a dead worker's entries (see _run_reclaimed): one slot is kept for
+        #: them, and they run one at a time.
+        self._reclaiming = False
+        self._reclaimed: bytes | None = None
         #: "serving", then "draining" once it stopped reading (reported in heartbeats).
         self.state = "serving"
-        self.processed = 0
         self.failed = 0
         self.started_at = time.time()
         #: Counts, latencies, spans and request log lines of answered requests.
@@ -155,10 +160,15 @@ class Worker:
         return self.config.consumer
 
     @property
+    def processed(self) -> int:
+        """Requests answered and acknowledged."""
+        return self._replies.processed
+
+    @property
     def free_slots(self) -> int:
-        if self._isolating:
-            return 0
-        return self.config.concurrency - len(self._inflight)
+        # The kept slot counts once: reserved while no reclaimed entry runs in it.
+        reserved = 1 if self._reclaiming and self._reclaimed not in self._inflight else 0
+        return self.config.concurrency - len(self._inflight) - reserved
 
     def stop(self) -> None:
         """Stop reading; `serve()` then drains in-flight work and returns."""
@@ -181,47 +191,77 @@ class Worker:
         # Replies and acks go out from one task, one pipeline at a time: a dedicated
         # connection spares the pool's bookkeeping on the path every request takes.
         self._writer = connect(self.url, max_connections=1, dedicated=True)
-        self._writer_queue = ServiceQueue(self._writer, cfg.service)
+        self._replies.open(self._writer)
+        self._gate = IdempotencyGate(self.redis, self.queue.keys, cfg.reclaim_after * 2)
+        self._lease = LeaseKeeper(
+            self.queue,
+            self.consumer,
+            self._gate,
+            lambda: list(self._inflight),
+            reclaim_after=cfg.reclaim_after,
+        )
+        self._cancels = NotificationListener(
+            self.url, self._on_cancel, channels=[self.queue.keys.cancel]
+        )
         if cfg.metrics_port is not None:
             self.metrics = WorkerMetrics(
                 cfg.service, self.observer.stats, lambda: len(self._inflight), lambda: self.backlog
             )
             port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
             log.info("worker %s metrics on port %d", self.consumer, port)
-        async for attempt in while_unreachable():
-            with attempt:
-                await self.queue.ensure_group()
-                await self._beat()
-        self._cancels = NotificationListener(
-            self.url, self._on_cancel, channels=[self.queue.keys.cancel]
-        )
-        await self._cancels.start(timeout=5.0)
+        try:
+            # Redis may be down (or refusing writes) at start: wait for it, but stop
+            # promptly when asked to (SIGTERM, Ctrl-C) instead of only once it answers.
+            await self._retry_start.call(self._start_up)
+            await self._cancels.start(timeout=None)
+            await self._wait_stopping_or(self._cancels.subscribed.wait(), timeout=5.0)
+        except Stopped:
+            await self._close_clients()
+            log.info("worker %s stopped before it started serving", self.consumer)
+            return
         log.info(
             "worker %s serving %r (concurrency %d)", self.consumer, cfg.service, cfg.concurrency
         )
         self.ready.set()
         side = [
             asyncio.create_task(self._heartbeat_loop(), name="spark-heartbeat"),
-            asyncio.create_task(self._lease_loop(), name="spark-lease"),
+            asyncio.create_task(self._lease.run(), name="spark-lease"),
             asyncio.create_task(self._reclaim_loop(), name="spark-reclaim"),
         ]
         try:
             await self._read_loop()
         finally:
             self.state = "draining"
-            with contextlib.suppress(*UNREACHABLE):
+            # Best effort: a Redis refusing writes must not mask why we are stopping.
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._beat()
             await self._drain()
             self._stopping.set()
             await cancel_and_wait(*side)
-            await self._cancels.aclose()
-            with contextlib.suppress(*UNREACHABLE):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await registry.leave(self.redis, self.queue.keys, self.consumer)
-            if self.metrics is not None:
-                self.metrics.close()
-            for client in (self._reader, self._writer, self.redis):
-                await client.aclose()
+            await self._close_clients()
             log.info("worker %s stopped after %d requests", self.consumer, self.processed)
+
+    async def _start_up(self) -> None:
+        await self.queue.ensure_group()
+        await self._beat()
+        memory = await memory_status(self.redis)
+        if memory is not None and memory.evicts_spark_keys:
+            log.warning(
+                "Redis evicts keys when full (maxmemory-policy %s): it may silently drop "
+                "request streams, consumer groups and stored replies; use noeviction "
+                "(or volatile-*) for Spark's Redis",
+                memory.policy,
+            )
+
+    async def _close_clients(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self._cancels is not None:
+            await self._cancels.aclose()
+        for client in (self._reader, self._writer, self.redis):
+            await client.aclose()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -253,10 +293,12 @@ class Worker:
                         return
                 try:
                     entries = read.result()
-                except UNREACHABLE as exc:
-                    log.warning("read failed (%s); retrying", exc)
-                    await self._wait_stopping_or(asyncio.sleep(0.5))
+                except REDIS_ERRORS as exc:
+                    # Down, refusing writes (READONLY after a failover, OOM), the stream
+                    # gone: keep trying, with backoff, until Redis serves us again.
+                    await self._retry_read.pause(exc)
                     continue
+                self._retry_read.succeeded()
                 for entry in entries:
                     self._start(entry)
         finally:
@@ -266,17 +308,17 @@ class Worker:
         """Run what an abandoned read may have delivered to us without our seeing it."""
         try:
             entries = await self.queue.own_pending(self.consumer)
-        except UNREACHABLE as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not check own pending entries (%s); they will be reclaimed", exc)
             return
         for entry in entries:
             if entry.entry_id not in self._inflight:
                 self._start(entry)
 
-    async def _wait_stopping_or(self, aw: Awaitable) -> None:
+    async def _wait_stopping_or(self, aw: Awaitable, timeout: float | None = None) -> None:
         waiter = asyncio.ensure_future(aw)
         stopper = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for t in (waiter, stopper):
             t.cancel()
 
@@ -290,38 +332,19 @@ class Worker:
         try:
             done = await self._answer(entry)
             if done is not None:
-                await self._reply(done)
+                # Meanwhile the entry stays in flight: its lease is renewed, nobody else
+                # runs it.
+                await self._replies.reply(done)
         except Exception:
             # Only a bug in this module gets here; the entry stays pending and is reclaimed.
             log.exception("worker failed on entry %r", entry.entry_id)
         finally:
             self._inflight.pop(entry.entry_id, None)
+            if self._gate is not None:
+                self._gate.forget(entry.entry_id)
             self._slot_free.set()
 
-    async def _reply(self, done: _Done) -> None:
-        """Write the reply, then acknowledge; retry a write Redis refused until the deadline.
-
-        Meanwhile the entry stays in flight, so its lease is renewed and nobody else runs
-        it. Past the caller's deadline nobody waits for the reply: the entry is left
-        pending, to be reclaimed and answered (or dead-lettered) like any entry of a
-        worker that failed.
-        """
-        delay = 0.05
-        while not await self._writes.submit(done):
-            if time.time() >= done.deadline:
-                log.error(
-                    "giving up writing the reply for %r of %r",
-                    done.entry.entry_id,
-                    self.config.service,
-                )
-                return
-            log.warning(
-                "reply for %r of %r not written; retrying", done.entry.entry_id, self.config.service
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    async def _answer(self, entry: Entry) -> _Done | None:
+    async def _answer(self, entry: Entry) -> Done | None:
         cfg = self.config
         try:
             env = Envelope.decode(entry.raw or b"")
@@ -330,7 +353,7 @@ class Worker:
             address = reply_address(entry.raw or b"")
             if address is None:
                 return None
-            return _Done(entry, address[1], encode_error(address[0], exc))
+            return Done(entry, address[1], encode_error(address[0], exc))
         if entry.deliveries > cfg.max_deliveries:
             err = DeadLetteredError(
                 f"request delivered {entry.deliveries - 1} times without an answer; dead-lettered",
@@ -341,44 +364,66 @@ class Worker:
                 },
             )
             await self._dead_letter(entry, err)
-            return _Done(entry, env.reply_to, encode_error(env.id, err))
-        deadline = env.deadline if env.deadline is not None else time.time() + cfg.default_timeout
+            return Done(entry, env.reply_to, encode_error(env.id, err))
+        deadline = self._deadline_of(entry, env)
         if time.time() >= deadline:
             err = RpcTimeoutError(
                 "deadline passed before the request was run",
                 data={"service": cfg.service, "method": env.method},
             )
-            return _Done(entry, env.reply_to, encode_error(env.id, err))
+            return Done(entry, env.reply_to, encode_error(env.id, err))
 
         if env.reply_to is None:
             return await self._answer_valid(entry, env, deadline)
-        if self._cancelled.pop((env.reply_to, env.id), None) is not None:
+        index = self._cancellation
+        if index.cancelled_before_running(env.reply_to, env.id):
             return self._cancelled_done(entry, env, None, deadline)
-        self._track(entry, env)
+        index.track(entry.entry_id, env.reply_to, env.id, env.idempotency_key)
         try:
             return await self._answer_valid(entry, env, deadline)
         except asyncio.CancelledError:
-            if entry.entry_id not in self._cancel_requested or self._stopping.is_set():
+            if not index.requested(entry.entry_id) or self._stopping.is_set():
                 raise
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            return self._cancelled_done(entry, env, self._claimed.get(entry.entry_id), deadline)
+            claimed = self._gate.claimed(entry.entry_id) if self._gate else None
+            return self._cancelled_done(entry, env, claimed, deadline)
         finally:
-            self._untrack(entry, env)
+            index.untrack(entry.entry_id, env.reply_to, env.id, env.idempotency_key)
 
-    async def _answer_valid(self, entry: Entry, env: Envelope, deadline: float) -> _Done:
+    def _deadline_of(self, entry: Entry, env: Envelope) -> float:
+        """The request's deadline on this worker's clock.
+
+        A relative budget counts from the entry's id (the time Redis appended it, on Redis's
+        clock, translated to ours): skew between the caller's clock and ours does not
+        matter. An envelope with only an absolute deadline (an older producer) is taken at
+        its word. Either way no budget exceeds MAX_TIMEOUT.
+        """
+        now = time.time()
+        if env.timeout is not None:
+            try:
+                appended = int(entry.entry_id.split(b"-", 1)[0]) / 1000 - self.clock_offset
+            except ValueError:
+                appended = now
+            return appended + min(env.timeout, MAX_TIMEOUT)
+        if env.deadline is not None:
+            return min(env.deadline, now + MAX_TIMEOUT)
+        return now + min(self.config.default_timeout, MAX_TIMEOUT)
+
+    async def _answer_valid(self, entry: Entry, env: Envelope, deadline: float) -> Done:
         store_key = None
-        if env.idempotency_key is not None:
-            key = self.queue.keys.result(env.idempotency_key)
-            stored = await self._claim_key(key, entry, deadline)
+        digest = b""
+        if env.idempotency_key is not None and self._gate is not None:
+            key, digest, stored = await self._gate.claim(
+                env.idempotency_key, env.method, env.params, entry.entry_id, deadline
+            )
             if isinstance(stored, bytes):
-                return _Done(entry, env.reply_to, retag_reply(stored, env.id), deadline=deadline)
+                return Done(entry, env.reply_to, retag_reply(stored, env.id), deadline=deadline)
             if isinstance(stored, RpcError):
-                return _Done(entry, env.reply_to, encode_error(env.id, stored))
-            store_key = key
+                return Done(entry, env.reply_to, encode_error(env.id, stored), deadline=deadline)
             # Ours now: a cancel from here on releases it (see _cancelled_done).
-            self._claimed[entry.entry_id] = key
+            store_key = key
 
         call = CallInfo(
             request_id=env.id,
@@ -390,30 +435,21 @@ class Worker:
             state_namespace=env.state,
             delivery=entry.deliveries,
         )
-        payload, keep = await self.observer.run(env, call, self._invoke(env, call, deadline))
-        return _Done(entry, env.reply_to, payload, store_key, keep, deadline)
+        try:
+            payload, keep = await self.observer.run(env, call, self._invoke(env, call, deadline))
+        finally:
+            if store_key is not None and self._gate is not None:
+                self._gate.ran(entry.entry_id)
+        if store_key is not None and keep:
+            payload_stored = replies.stored_value(digest, payload)
+            return Done(entry, env.reply_to, payload, store_key, keep, deadline, payload_stored)
+        return Done(entry, env.reply_to, payload, store_key, keep, deadline)
 
     # -- cancellation --------------------------------------------------------------------
 
-    def _track(self, entry: Entry, env: Envelope) -> None:
-        self._by_request[(env.reply_to, env.id)] = entry.entry_id
-        if env.idempotency_key is not None:
-            self._by_key.setdefault((env.reply_to, env.idempotency_key), set()).add(entry.entry_id)
-
-    def _untrack(self, entry: Entry, env: Envelope) -> None:
-        self._by_request.pop((env.reply_to, env.id), None)
-        self._claimed.pop(entry.entry_id, None)
-        self._cancel_requested.discard(entry.entry_id)
-        if env.idempotency_key is not None:
-            group = self._by_key.get((env.reply_to, env.idempotency_key))
-            if group is not None:
-                group.discard(entry.entry_id)
-                if not group:
-                    del self._by_key[(env.reply_to, env.idempotency_key)]
-
     def _cancelled_done(
         self, entry: Entry, env: Envelope, claimed_key: str | None, deadline: float
-    ) -> _Done:
+    ) -> Done:
         self.cancelled += 1
         self.observer.stats.cancelled += 1
         err = CancelledError(
@@ -421,29 +457,15 @@ class Worker:
             data={"service": self.config.service, "method": env.method},
         )
         # keep=False releases the idempotency key this request held, so a waiting repeat runs.
-        return _Done(entry, env.reply_to, encode_error(env.id, err), claimed_key, False, deadline)
+        return Done(entry, env.reply_to, encode_error(env.id, err), claimed_key, False, deadline)
 
     def _on_cancel(self, note: Notification) -> None:
         if note.method != cancelling.METHOD:
             return
-        now = time.monotonic()
-        for item in cancelling.parse(note.params):
-            targets: set[bytes] = set()
-            if item.request_id is not None:
-                entry_id = self._by_request.get((item.reply_to, item.request_id))
-                if entry_id is not None:
-                    targets.add(entry_id)
-                else:
-                    self._cancelled[(item.reply_to, item.request_id)] = now + CANCEL_MEMORY
-            if item.idempotency_key is not None:
-                targets |= self._by_key.get((item.reply_to, item.idempotency_key), set())
-            for entry_id in targets:
-                task = self._inflight.get(entry_id)
-                if task is not None and entry_id not in self._cancel_requested:
-                    self._cancel_requested.add(entry_id)
-                    task.cancel()
-        if len(self._cancelled) > 1000 or (self._cancelled and now > min(self._cancelled.values())):
-            self._cancelled = {k: t for k, t in self._cancelled.items() if t > now}
+        for entry_id in self._cancellation.apply(
+            cancelling.parse(note.params), lambda e: e in self._inflight
+        ):
+            self._inflight[entry_id].cancel()
 
     async def _invoke(self, env: Envelope, call: CallInfo, deadline: float) -> tuple[bytes, bool]:
         """The reply, and whether a repeat of the request may be answered with it.
@@ -488,68 +510,15 @@ class Worker:
         finally:
             current_call.reset(token)
 
-    async def _claim_key(self, key: str, entry: Entry, deadline: float) -> bytes | RpcError | None:
-        """None: run the handler. bytes: the stored reply. RpcError: gave up waiting."""
-        owner = entry.entry_id
-        lease = self.config.reclaim_after * 2
-        while True:
-            stored = await replies.claim_idempotency(self.redis, key, owner, lease)
-            if stored is None or stored == replies.RUNNING + owner:
-                return None
-            if not stored.startswith(replies.RUNNING):
-                return stored
-            # The same key is running elsewhere: wait for its reply instead of running twice.
-            if time.time() >= deadline:
-                return RpcTimeoutError(
-                    "an earlier request with this idempotency key is still running"
-                )
-            await asyncio.sleep(0.05)
-
     async def _dead_letter(self, entry: Entry, err: RpcError) -> None:
         log.error("dead-lettering %r of %r: %s", entry.entry_id, self.config.service, err)
         self.observer.stats.dead_lettered += 1
-        async for attempt in while_unreachable():
-            with attempt:
-                await self.queue.dead_letter(entry, err.to_dict(), self.consumer)
-
-    # -- replies and acks ----------------------------------------------------------------
-
-    async def _write(self, batch: list[_Done]) -> list[bool]:
-        """Replies (and stored results) in one pipeline, then acks for those written."""
-        cfg = self.config
-        with_reply = [d for d in batch if d.reply_to is not None and d.payload is not None]
-        stored = [
-            (d.store_key, d.payload if d.keep else None, cfg.idempotency_ttl)
-            for d in batch
-            if d.store_key
-        ]
-        ok = await until_reachable(
-            replies.push,
-            self._writer,
-            [(d.reply_to, d.payload) for d in with_reply],
-            stored,
-            ttl=cfg.reply_ttl,
-        )
-        written = {id(d) for d, good in zip(with_reply, ok, strict=True) if good}
-        finished = [d.reply_to is None or id(d) in written for d in batch]
-        await until_reachable(
-            self._writer_queue.finish,
-            [d.entry.entry_id for d, fin in zip(batch, finished, strict=True) if fin],
-        )
-        self.processed += sum(finished)
-        return finished
+        try:
+            await self._retry_dead.call(self.queue.dead_letter, entry, err.to_dict(), self.consumer)
+        except Stopped:
+            log.warning("stopping before %r could be dead-lettered", entry.entry_id)
 
     # -- leases, reclaiming, heartbeats ------------------------------------------------------
-
-    async def _lease_loop(self) -> None:
-        interval = max(self.config.reclaim_after / 3, 0.05)
-        while True:
-            await asyncio.sleep(interval)
-            if self._inflight:
-                try:
-                    await self.queue.renew(self.consumer, list(self._inflight))
-                except UNREACHABLE as exc:
-                    log.warning("lease renewal failed: %s", exc)
 
     async def _reclaim_loop(self) -> None:
         interval = max(self.config.reclaim_after / 2, 0.05)
@@ -560,23 +529,28 @@ class Worker:
                 continue
             try:
                 if await self.queue.reclaimable(min_idle_ms):
-                    await self._run_reclaimed_alone(min_idle_ms)
-            except UNREACHABLE as exc:
-                log.warning("reclaim failed: %s", exc)
+                    await self._run_reclaimed(min_idle_ms)
+            except REDIS_ERRORS as exc:
+                await self._retry_reclaim.pause(exc)
+            else:
+                self._retry_reclaim.succeeded()
             finally:
-                self._isolating = False
+                self._reclaiming = False
                 self._slot_free.set()
 
-    async def _run_reclaimed_alone(self, min_idle_ms: int) -> None:
-        """Take over a dead worker's entries one at a time, each with nothing else running.
+    async def _run_reclaimed(self, min_idle_ms: int) -> None:
+        """Take over a dead worker's entries one at a time, in a slot kept for them.
 
-        One of them may be what killed that worker. Run alongside other requests, a poison
-        entry takes them down with it, they are delivered again and again, and innocent
-        requests end up dead-lettered with it. Run alone, it harms nobody: only it reaches
-        `max_deliveries`. This costs throughput only while there is something to reclaim.
+        One of them may be what killed that worker. Run together, a poison entry would take
+        the others down with it, again and again, until innocent requests are dead-lettered
+        with it: reclaimed entries never run two at once. Fresh requests go on in the other
+        slots meanwhile (a worker with one slot runs the reclaimed entries alone), so a
+        crash delays new work by at most one slot's worth: a fresh request crashed by a
+        poison it ran beside is delivered once more, and is dead-lettered only with
+        `--max-deliveries 1`.
         """
-        self._isolating = True
-        while self._inflight and not self._stopping.is_set():
+        self._reclaiming = True
+        while len(self._inflight) >= self.config.concurrency and not self._stopping.is_set():
             self._slot_free.clear()
             await self._wait_stopping_or(self._slot_free.wait())
         while not self._stopping.is_set():
@@ -586,19 +560,24 @@ class Worker:
             entry = entries[0]
             self.observer.stats.reclaimed += 1
             log.warning(
-                "reclaimed %r of %r (delivery %d), running it alone",
+                "reclaimed %r of %r (delivery %d); running it apart from other reclaims",
                 entry.entry_id,
                 self.config.service,
                 entry.deliveries,
             )
+            self._reclaimed = entry.entry_id
             self._start(entry)
             await asyncio.wait({self._inflight[entry.entry_id]})
+            self._reclaimed = None
 
     async def _beat(self) -> None:
         cfg = self.config
         stats = self.observer.stats
         if self.metrics is not None:
             self.backlog = (await self.queue.stats())["backlog"]
+        before = time.time()
+        redis_now = await registry.server_time(self.redis)
+        self.clock_offset = redis_now - (before + time.time()) / 2
         await registry.beat(
             self.redis,
             self.queue.keys,
@@ -631,8 +610,11 @@ class Worker:
                     await registry.prune(
                         self.redis, self.queue.keys, grace=self.config.reclaim_after * 4
                     )
-            except UNREACHABLE as exc:
-                log.warning("heartbeat failed: %s", exc)
+            except REDIS_ERRORS as exc:
+                # The next beat comes after the backoff or the interval, whichever is longer.
+                await self._retry_beat.pause(exc)
+            else:
+                self._retry_beat.succeeded()
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -655,7 +637,7 @@ def service_of(target: Any, service: str | None = None) -> str:
 
 
 async def run_worker(
-    target: Any,
+    target: Servable,
     *,
     service: str | None = None,
     url: str | None = None,
@@ -672,29 +654,33 @@ async def run_worker(
     url = resolve_url(url)
     name = service_of(target, service)
     host = ServiceHost(url, service=name, threads=options.get("concurrency", 16))
-    if hasattr(target, "runtime"):
+    if isinstance(target, HostAware):
         target.runtime = host
-    if hasattr(target, "service"):
+    if isinstance(target, ServiceAware):
         # Served under this name: its notifications go to this service's clients.
         target.service = name
     await _hook(target, "on_start")
     handler = answering_discover(target.handle_rpc, target, name)
     worker = Worker(handler, WorkerConfig(service=name, **options), url)
     serving = asyncio.create_task(worker.serve())
+    # `stop` counts from the start: a worker still waiting for Redis stops when asked.
+    stopper = asyncio.create_task(stop.wait()) if stop is not None else None
     try:
         started = asyncio.create_task(worker.ready.wait())
-        await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {t for t in (serving, started, stopper) if t is not None},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         started.cancel()
         if ready is not None and worker.ready.is_set():
             ready.set()
         # asyncio.wait, not `await serving`: cancelling us must drain the worker, not cancel it.
-        waiters = {serving}
-        if stop is not None:
-            waiters.add(asyncio.create_task(stop.wait()))
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for t in waiters - {serving}:
-            t.cancel()
+        if stopper is None or not stopper.done():
+            waiters = {t for t in (serving, stopper) if t is not None}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        if stopper is not None:
+            stopper.cancel()
         worker.stop()
         await serving
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
@@ -31,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from spark.aio import reraise_cancellation
 from spark.broker.connection import connect, describe, resolve_url
+from spark.broker.retrying import until_not_none
 from spark.broker.state import HashValueError, StateStore, check_namespace
 from spark.lifetime import close_with_loop
 from spark.state.backend import LoopLocks, StateBackend, StateTransactionHandle
@@ -149,20 +149,24 @@ class RedisBackend(StateBackend):
         self, fn: Callable[[StateStore], Awaitable[T | None]], wait: float | None = None
     ) -> T:
         """Run a write that answers None while a transaction holds the namespace, until not."""
-        deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
-        delay = _BACKOFF_FIRST
-        while True:
+
+        async def attempt() -> T | None:
             result = await self._call(fn)
-            reraise_cancellation()
-            if result is not None:
-                return result
-            if time.monotonic() >= deadline:
-                raise StateLockTimeout(
-                    f"GraphState namespace {self.namespace!r}: a transaction held it for more "
-                    f"than {self.lock_wait:g}s"
-                )
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, _BACKOFF_CAP)
+            reraise_cancellation()  # redis-py may have swallowed one
+            return result
+
+        result = await until_not_none(
+            attempt,
+            within=self.lock_wait if wait is None else wait,
+            base=_BACKOFF_FIRST,
+            max_wait=_BACKOFF_CAP,
+        )
+        if result is None:
+            raise StateLockTimeout(
+                f"GraphState namespace {self.namespace!r}: a transaction held it for more "
+                f"than {self.lock_wait:g}s"
+            )
+        return result
 
     # -- StateBackend ----------------------------------------------------------------------
 

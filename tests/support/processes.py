@@ -72,8 +72,7 @@ class WorkerProcess:
             os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        self.stop()
 
     def terminate(self, timeout: float = 30.0) -> int:
         self.signal(signal.SIGTERM)

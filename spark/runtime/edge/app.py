@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -20,6 +21,7 @@ from aiohttp.http_exceptions import PayloadEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from spark import tracing
+from spark.broker.retrying import OutageLog
 from spark.errors import (
     InternalError,
     MethodNotFoundError,
@@ -115,6 +117,7 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
         ),
         idempotency_key=request.headers.get(IDEMPOTENCY_HEADER) or None,
         options=request_options(data, parsed),
+        principal=edge.tokens.principal(request),
         trace=tracing.carrier_of(request.headers) if tracing.ENABLED else None,
     )
     if body is None:
@@ -181,6 +184,9 @@ class EdgeServer:
         self.app = make_app(self.edge)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        #: Failing accepts (descriptor limit reached), logged at a steady rate.
+        self.accept_errors = OutageLog("accepting connections", log)
+        self._restore_handler: Callable[[], None] | None = None
 
     @property
     def url(self) -> str:
@@ -207,7 +213,12 @@ class EdgeServer:
             # A client that disconnects cancels its request (and, through the broker
             # client, the handler running it): nobody is left to read the answer.
             handler_cancellation=True,
+            # aiohttp arms this timer when a connection opens and after each response, and
+            # closes a connection still waiting for a complete request when it fires: the
+            # header timeout (slowloris) and the idle keep-alive timeout in one.
+            keepalive_timeout=cfg.idle_timeout,
         )
+        self._quiet_accept_errors()
         await runner.setup()
         try:
             site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=ssl_ctx)
@@ -225,6 +236,32 @@ class EdgeServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        if self._restore_handler is not None:
+            self._restore_handler()
+            self._restore_handler = None
+
+    def _quiet_accept_errors(self) -> None:
+        """Log failing accepts (out of descriptors) at a steady rate, not with a traceback
+        per attempt: asyncio retries accepting every second per listening socket."""
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        outage = self.accept_errors
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            if str(context.get("message", "")).startswith("socket.accept() out of system"):
+                outage.failed(context.get("exception") or OSError(context["message"]))
+            elif previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
+
+        def restore() -> None:
+            if loop.get_exception_handler() is handler:
+                loop.set_exception_handler(previous)
+
+        self._restore_handler = restore
 
     async def __aenter__(self) -> EdgeServer:
         return await self.start()

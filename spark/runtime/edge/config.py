@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from spark.broker.queue import DEFAULT_MAX_BACKLOG
+from spark.broker.queue import DEFAULT_MAX_BACKLOG, DEFAULT_MAX_BACKLOG_BYTES
 
 MIB = 1024 * 1024
 
@@ -30,12 +30,19 @@ class EdgeConfig:
     max_batch: int = 100
     #: Requests a service's stream may hold before new ones are answered -32002 overloaded.
     max_backlog: int = DEFAULT_MAX_BACKLOG
+    #: Bytes of requests a service's stream may hold before new ones are answered -32002.
+    max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES
     #: Default (and largest) seconds a request may take; `X-Spark-Timeout` may shorten it.
     request_timeout: float = 30.0
     #: Seconds between WebSocket pings; a client that misses a pong is disconnected.
     ws_heartbeat: float = 20.0
     #: Requests in flight per WebSocket connection; more are answered with -32002.
     ws_max_inflight: int = 1000
+    #: Bytes of requests (notifications included) in flight per WebSocket connection.
+    ws_max_inflight_bytes: int = 16 * MIB
+    #: Seconds a connection may go without a complete request: headers sent slowly (or
+    #: never), an idle keep-alive connection. Then it is closed.
+    idle_timeout: float = 15.0
     #: Notifications queued for one slow WebSocket client before new ones are dropped.
     ws_max_queued: int = 1000
     #: Messages (answers and notifications) queued unread for one WebSocket client; a client
@@ -61,7 +68,10 @@ class EdgeConfig:
             self.max_batch,
             self.request_timeout,
             self.max_backlog,
+            self.max_backlog_bytes,
             self.ws_max_inflight,
+            self.ws_max_inflight_bytes,
+            self.idle_timeout,
             self.ws_max_outbox,
         )
         if any(not limit > 0 for limit in limits):

@@ -30,6 +30,7 @@ from spark import tracing
 from spark.broker import UNREACHABLE, connect, registry, resolve_url
 from spark.broker.connection import is_cluster_url
 from spark.broker.keys import NOTIFY_PATTERN, ServiceKeys, check_name, client_channel
+from spark.broker.memory import memory_status
 from spark.broker.notify import Notification, NotificationListener
 from spark.client.broker_client import BrokerClient
 from spark.errors import (
@@ -128,7 +129,11 @@ class Edge:
         if self.local is not None:
             self.client = self.local
             return
-        self.client = BrokerClient(self.url, max_backlog=self.config.max_backlog)
+        self.client = BrokerClient(
+            self.url,
+            max_backlog=self.config.max_backlog,
+            max_backlog_bytes=self.config.max_backlog_bytes,
+        )
         self.redis = connect(self.url, max_connections=4)
         # Sharded pub/sub (a cluster) has no patterns: there the edge subscribes to the
         # channels of its WebSocket clients and of their services as they come and go.
@@ -231,12 +236,14 @@ class Edge:
         idempotency_key: str | None = None,
         client_id: str | None = None,
         options: list[RequestOptions] | None = None,
+        principal: str | None = None,
         trace: dict[str, str] | None = None,
     ) -> bytes | None:
         """The reply body for `parsed` (None when nothing is to be sent back).
 
         `options` (from `request_options`) gives requests their own budget, key and trace
-        context; `trace` is the W3C context of the whole body (HTTP headers).
+        context; `trace` is the W3C context of the whole body (HTTP headers). Idempotency
+        keys are scoped to `principal` (see `TokenCheck.principal`).
         """
         for item in parsed.items:
             if isinstance(item, Response):
@@ -250,9 +257,20 @@ class Edge:
             idempotency_key = None
         if options is not None and len(options) != len(requests):
             options = None
+
+        def scoped(key: str | None) -> str | None:
+            # One caller's key never answers another's request (see TokenCheck.principal).
+            return f"{principal}/{key}" if key is not None and principal else key
+
         if options is None and len(requests) == 1:  # the usual case, without the planning
             outcome = await self.one(
-                service, requests[0], transport, deadline, idempotency_key, trace, client_id
+                service,
+                requests[0],
+                transport,
+                deadline,
+                scoped(idempotency_key),
+                trace,
+                client_id,
             )
             return encode_reply(parsed, [outcome])
 
@@ -261,13 +279,13 @@ class Edge:
             if key is not None and len(requests) > 1:
                 key = f"{key}:{i}"
             if options is None:
-                return deadline, key, trace
+                return deadline, scoped(key), trace
             own_timeout, own_key, own_trace = options[i]
             if own_timeout is not None:
                 own_deadline = now + min(own_timeout, timeout)
             else:
                 own_deadline = deadline
-            return own_deadline, own_key or key, own_trace or trace
+            return own_deadline, scoped(own_key or key), own_trace or trace
 
         if len(requests) == 1:
             outcomes = [await self.one(service, requests[0], transport, *plan(0), client_id)]
@@ -383,10 +401,16 @@ class Edge:
                 counts = [
                     await registry.live_count(self.redis, ServiceKeys.for_service(n)) for n in names
                 ]
+            memory = await memory_status(self.redis)
         except (TimeoutError, *UNREACHABLE) as exc:
             doc.update(status="unavailable", redis="unreachable", error=str(exc) or "timeout")
             return False, doc
-        doc.update(status="ok", redis="ok", services=dict(zip(names, counts, strict=True)))
+        doc.update(services=dict(zip(names, counts, strict=True)))
+        if memory is not None and memory.full:
+            # Redis refuses writes: every request would be refused as overloaded.
+            doc.update(status="unavailable", redis="out of memory")
+            return False, doc
+        doc.update(status="ok", redis="ok")
         return True, doc
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ssl
 
@@ -29,13 +30,31 @@ class TokenCheck:
     def allows(self, request: web.Request, *, query: bool = False) -> bool:
         if not self._tokens:
             return True
+        presented = self._presented(request, query)
+        return presented is not None and self._valid(presented)
+
+    def principal(self, request: web.Request, *, query: bool = False) -> str | None:
+        """Who is calling, as far as the edge knows: a digest of their valid token.
+
+        Scopes idempotency keys, so one caller's key never answers another caller's request.
+        None without authentication (every caller is the same principal then).
+        """
+        if not self._tokens:
+            return None
+        presented = self._presented(request, query)
+        if presented is None or not self._valid(presented):
+            return None
+        return hashlib.sha256(presented.encode()).hexdigest()[:16]
+
+    @staticmethod
+    def _presented(request: web.Request, query: bool) -> str | None:
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
-            return self._valid(value.strip())
+            return value.strip()
         if query and request.query.get("token"):
-            return self._valid(request.query["token"])
-        return False
+            return request.query["token"]
+        return None
 
 
 def server_ssl_context(certfile: str, keyfile: str, ca_certs: str | None = None) -> ssl.SSLContext:

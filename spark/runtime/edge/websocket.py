@@ -55,7 +55,11 @@ class WsConnection:
         #: not take its close frame.
         self.transport = transport
         self.client_id = uuid.uuid4().hex
+        #: Who authenticated this connection (scopes its idempotency keys); None: anyone.
+        self.principal: str | None = None
         self.tasks: set[asyncio.Task] = set()
+        #: Bytes of the messages whose requests (notifications too) are in flight.
+        self.inflight_bytes = 0
         # Bounded by hand (ws_max_queued, ws_max_outbox) so finish() can always add None.
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._writer: asyncio.Task | None = None
@@ -97,14 +101,26 @@ class WsConnection:
         if self.overflowed:
             return  # being disconnected for not reading: its requests are not run
         parsed = self.edge.parse(data)
-        if parsed.requests and len(self.tasks) >= self.edge.config.ws_max_inflight:
+        cfg = self.edge.config
+        size = len(data)
+        if parsed.requests and (
+            len(self.tasks) >= cfg.ws_max_inflight
+            # One message alone always fits (max_body_bytes bounds it).
+            or (self.tasks and self.inflight_bytes + size > cfg.ws_max_inflight_bytes)
+        ):
             body = self.edge.overloaded(self.service, parsed, "websocket")
             if body is not None:
                 self._reply(body.decode())
             return
         task = asyncio.create_task(self._answer(parsed, request_options(data, parsed)))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.inflight_bytes += size
+
+        def done(t: asyncio.Task) -> None:
+            self.tasks.discard(t)
+            self.inflight_bytes -= size
+
+        task.add_done_callback(done)
 
     async def _answer(self, parsed, options) -> None:
         body = await self.edge.run(
@@ -114,6 +130,7 @@ class WsConnection:
             timeout=self.timeout,
             client_id=self.client_id,
             options=options,
+            principal=self.principal,
         )
         if body is not None and not self.ws.closed:
             self._reply(body.decode())
@@ -203,6 +220,7 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
         request.headers.get(TIMEOUT_HEADER) or request.query.get(TIMEOUT_QUERY)
     )
     conn = WsConnection(edge, ws, service, timeout, transport=request.transport)
+    conn.principal = edge.tokens.principal(request, query=True)
     ws.headers[CLIENT_ID_HEADER] = conn.client_id
     await ws.prepare(request)
     edge.register(conn)
