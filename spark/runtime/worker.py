@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import socket
@@ -64,7 +63,14 @@ from spark.errors import (
     RpcTimeoutError,
 )
 from spark.runtime.cancellation import CANCEL_MEMORY, CancellationIndex
-from spark.runtime.host import HostAware, Servable, ServiceAware, ServiceHost
+from spark.runtime.host import (
+    Servable,
+    ServiceAware,
+    ServiceHost,
+    bind,
+    call_on_start,
+    call_on_stop,
+)
 from spark.runtime.idempotency import IdempotencyGate
 from spark.runtime.lease import LeaseKeeper
 from spark.runtime.reply_writer import Done, ReplyWriter
@@ -602,10 +608,10 @@ class Worker:
             log.warning("left %d requests to be reclaimed after the grace period", len(pending))
 
 
-def service_of(target: Any, service: str | None = None) -> str:
-    return (
-        service or getattr(target, "service", None) or default_service_name(type(target).__name__)
-    )
+def service_of(target: object, service: str | None = None) -> str:
+    """`service`, else the name the target declares, else one made from its class name."""
+    declared = target.service if isinstance(target, ServiceAware) else None
+    return service or declared or default_service_name(type(target).__name__)
 
 
 async def run_worker(
@@ -626,12 +632,8 @@ async def run_worker(
     url = resolve_url(url)
     name = service_of(target, service)
     host = ServiceHost(url, service=name, threads=options.get("concurrency", 16))
-    if isinstance(target, HostAware):
-        target.runtime = host
-    if isinstance(target, ServiceAware):
-        # Served under this name: its notifications go to this service's clients.
-        target.service = name
-    await _hook(target, "on_start")
+    bind(target, host, name)
+    await call_on_start(target)
     worker = Worker(target.handle_rpc, WorkerConfig(service=name, **options), url)
     serving = asyncio.create_task(worker.serve())
     # `stop` counts from the start: a worker still waiting for Redis stops when asked.
@@ -655,15 +657,6 @@ async def run_worker(
         worker.stop()
         await serving
         try:
-            await _hook(target, "on_stop")
+            await call_on_stop(target)
         finally:
             await host.aclose()
-
-
-async def _hook(target: Any, name: str) -> None:
-    """Call the target's lifecycle hook (`on_start` before serving, `on_stop` after draining)."""
-    hook = getattr(target, name, None)
-    if hook is not None:
-        result = hook()
-        if inspect.isawaitable(result):
-            await result
