@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
 from spark.broker import resolve_url
@@ -34,14 +32,12 @@ from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.runtime.edge import EdgeConfig, EdgeServer
 from spark.runtime.host import Servable, bind, call_on_start, call_on_stop
 from spark.runtime.inprocess import InProcessHost, InProcessService
+from spark.runtime.presence import socket_hook
 from spark.runtime.worker import WorkerConfig, run_worker, service_of
 
 log = logging.getLogger("spark.server")
 
 _WORKER_DEFAULTS = WorkerConfig(service="-")
-
-#: A WebSocket hook as the edge calls it: `(client_id, ws)`.
-SocketHook = Callable[[str, Any], Awaitable[None]]
 
 
 @runtime_checkable
@@ -115,8 +111,12 @@ class NodeServer:
             **self.edge_options,
         )
         edge = EdgeServer(config, local=local)
-        edge.edge.on_connect = _socket_hook(node.on_websocket_connect)
-        edge.edge.on_disconnect = _socket_hook(node.on_websocket_disconnect)
+        if local is not None:
+            # In-process the edge runs the hooks itself, with the socket. Through a broker
+            # the node's worker runs them from the edge's presence messages, like every
+            # worker of the service (spark.runtime.presence): `ws` is None there.
+            edge.edge.on_connect = socket_hook(node.on_websocket_connect)
+            edge.edge.on_disconnect = socket_hook(node.on_websocket_disconnect)
         return edge
 
     async def start(self) -> NodeServer:
@@ -222,23 +222,3 @@ class NodeServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def _socket_hook(hook: Callable[..., Awaitable[None]]) -> SocketHook:
-    """The node's `hook(client_id, ws)`, called with `(client_id)` alone when that is all
-    it takes (both forms appear in upstream's docs)."""
-    try:
-        positional = [
-            p
-            for p in inspect.signature(hook).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-        ]
-    except (TypeError, ValueError):
-        positional = []
-    if len(positional) == 1:
-
-        async def call_with_id(client_id: str, _ws: Any) -> None:
-            await hook(client_id)
-
-        return call_with_id
-    return hook

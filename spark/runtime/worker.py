@@ -37,6 +37,7 @@ from spark.broker import (
     ServiceQueue,
     connect,
     is_memory,
+    presence,
     registry,
     replies,
     resolve_url,
@@ -73,6 +74,7 @@ from spark.runtime.host import (
 )
 from spark.runtime.idempotency import IdempotencyGate
 from spark.runtime.lease import LeaseKeeper
+from spark.runtime.presence import PresenceHooks, SocketAware
 from spark.runtime.reply_writer import Done, ReplyWriter
 
 log = logging.getLogger("spark.worker")
@@ -109,8 +111,17 @@ class WorkerConfig:
 
 
 class Worker:
-    def __init__(self, handler: Handler, config: WorkerConfig, url: str):
+    def __init__(
+        self,
+        handler: Handler,
+        config: WorkerConfig,
+        url: str,
+        *,
+        on_presence: Callable[[Notification], None] | None = None,
+    ):
         self.handler = handler
+        #: Given the edges' "WebSocket client connected / left" messages (spark.broker.presence).
+        self.on_presence = on_presence
         self.config = config
         self.url = url
         self.redis: aioredis.Redis | None = None
@@ -195,9 +206,11 @@ class Worker:
             lambda: list(self._inflight),
             reclaim_after=cfg.reclaim_after,
         )
-        self._cancels = NotificationListener(
-            self.url, self._on_cancel, channels=[self.queue.keys.cancel]
-        )
+        # One pub/sub connection for what callers and edges tell every worker of the service.
+        channels = [self.queue.keys.cancel]
+        if self.on_presence is not None:
+            channels.append(self.queue.keys.sockets)
+        self._cancels = NotificationListener(self.url, self._on_cancel, channels=channels)
         try:
             # Redis may be down (or refusing writes) at start: wait for it, but stop
             # promptly when asked to (SIGTERM, Ctrl-C) instead of only once it answers.
@@ -447,6 +460,8 @@ class Worker:
 
     def _on_cancel(self, note: Notification) -> None:
         if note.method != cancelling.METHOD:
+            if self.on_presence is not None and note.method in presence.METHODS:
+                self.on_presence(note)
             return
         for entry_id in self._cancellation.apply(
             cancelling.parse(note.params), lambda e: e in self._inflight
@@ -634,7 +649,13 @@ async def run_worker(
     host = ServiceHost(url, service=name, threads=options.get("concurrency", 16))
     bind(target, host, name)
     await call_on_start(target)
-    worker = Worker(target.handle_rpc, WorkerConfig(service=name, **options), url)
+    hooks = PresenceHooks(target) if isinstance(target, SocketAware) else None
+    worker = Worker(
+        target.handle_rpc,
+        WorkerConfig(service=name, **options),
+        url,
+        on_presence=hooks.deliver if hooks is not None else None,
+    )
     serving = asyncio.create_task(worker.serve())
     # `stop` counts from the start: a worker still waiting for Redis stops when asked.
     stopper = asyncio.create_task(stop.wait()) if stop is not None else None
@@ -657,6 +678,8 @@ async def run_worker(
         worker.stop()
         await serving
         try:
+            if hooks is not None:
+                await hooks.aclose()
             await call_on_stop(target)
         finally:
             await host.aclose()

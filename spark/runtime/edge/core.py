@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis.asyncio as aioredis
 
-from spark.broker import UNREACHABLE, connect, registry, resolve_url
+from spark.broker import UNREACHABLE, connect, presence, registry, resolve_url
 from spark.broker.connection import is_cluster_url
 from spark.broker.keys import NOTIFY_PATTERN, ServiceKeys, check_name, client_channel
 from spark.broker.memory import memory_status
 from spark.broker.notify import Notification, NotificationListener
+from spark.broker.retrying import REDIS_ERRORS
 from spark.client.broker_client import BrokerClient
 from spark.errors import (
     InternalError,
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
     from spark.runtime.inprocess import InProcessService
 
 log = logging.getLogger("spark.edge")
+
+#: Seconds an edge spends telling workers that a WebSocket client came or went.
+ANNOUNCE_TIMEOUT = 1.0
 
 #: Longest idempotency key accepted (it becomes part of a Redis key).
 MAX_IDEMPOTENCY_KEY = 200
@@ -174,6 +178,18 @@ class Edge:
             await self.listener.add(
                 client_channel(conn.client_id), ServiceKeys.for_service(conn.service).notify
             )
+
+    async def announce(self, conn: WsConnection, method: str) -> None:
+        """Tell the workers of the connection's service that it connected or left
+        (`spark.broker.sockets`), when there is a broker. Best effort: a Redis that does not
+        answer within ANNOUNCE_TIMEOUT costs the workers this message, not the client."""
+        if self.redis is None:
+            return
+        try:
+            async with asyncio.timeout(ANNOUNCE_TIMEOUT):
+                await presence.publish(self.redis, conn.service, method, conn.client_id)
+        except (TimeoutError, *REDIS_ERRORS) as exc:
+            log.debug("websocket %s: %s not announced (%s)", conn.client_id, method, exc)
 
     def unregister(self, conn: WsConnection) -> None:
         if self.sockets.pop(conn.client_id, None) is None:

@@ -1,0 +1,42 @@
+"""WebSocket presence: an edge tells the workers of a service that a client connected or left.
+
+When a WebSocket client of service S connects to an edge (and again when it leaves), the edge
+publishes a JSON-RPC notification on the service's channel (`ServiceKeys.sockets`); every
+worker of S subscribes to it with the listener it already holds for cancellation, and runs the
+node's `on_websocket_connect(client_id, None)` / `on_websocket_disconnect(client_id, None)`:
+
+    {"jsonrpc": "2.0", "method": "websocket.connect", "params": {"client_id": "..."},
+     "service": "S"}
+
+Pub/sub keeps nothing: a worker that starts (or is reconnecting to Redis) after a client
+connected does not hear of it, and an edge that dies without closing its sockets sends no
+"disconnect". The hooks are a live signal, not a registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from spark.broker import notify
+from spark.broker.connection import publish as publish_on
+from spark.broker.keys import ServiceKeys
+
+CONNECT = "websocket.connect"
+DISCONNECT = "websocket.disconnect"
+METHODS = (CONNECT, DISCONNECT)
+
+
+async def publish(redis: aioredis.Redis, service: str, method: str, client_id: str) -> int:
+    """Tell the workers of `service`; returns how many listeners received it."""
+    channel = ServiceKeys.for_service(service).sockets
+    body = notify.message(method, {"client_id": client_id}, service=service)
+    return await publish_on(redis, channel, body)
+
+
+def client_id_of(params: Any) -> str | None:
+    """The client id of a presence message's params (None when malformed)."""
+    if isinstance(params, dict) and isinstance(params.get("client_id"), str):
+        return params["client_id"]
+    return None
