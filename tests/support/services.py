@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Required, TypedDict
 
 import redis.asyncio as aioredis
 
@@ -173,3 +174,24 @@ class PresenceRpcNode(LabRpcNode):
 
     async def rpc_pid(self, params, context):
         return os.getpid()
+
+
+class GreetParams(TypedDict, total=False):
+    name: Required[str]
+    shout: bool
+
+
+class DocumentedRpcNode(RpcNode):
+    """A service whose handlers document themselves (for rpc.discover)."""
+
+    async def rpc_add(self, a: int, b: int, context=None) -> int:
+        """Add two numbers.
+
+        Both are integers.
+        """
+        return a + b
+
+    async def rpc_greet(self, params: GreetParams, context) -> str:
+        """Greet someone by name."""
+        name = params["name"]
+        return name.upper() if params.get("shout") else name
