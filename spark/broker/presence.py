@@ -37,6 +37,5 @@ async def publish(redis: aioredis.Redis, service: str, method: str, client_id: s
 
 def client_id_of(params: Any) -> str | None:
     """The client id of a presence message's params (None when malformed)."""
-    if isinstance(params, dict) and isinstance(params.get("client_id"), str):
-        return params["client_id"]
-    return None
+    client_id = params.get("client_id") if isinstance(params, dict) else None
+    return client_id if isinstance(client_id, str) else None
