@@ -15,11 +15,13 @@ connected does not hear of it, and an edge that dies without closing its sockets
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from spark.broker import notify
+from spark.broker.connection import is_cluster
 from spark.broker.connection import publish as publish_on
 from spark.broker.keys import ServiceKeys
 
@@ -28,11 +30,30 @@ DISCONNECT = "websocket.disconnect"
 METHODS = (CONNECT, DISCONNECT)
 
 
+#: One announcement: (service, method, client id).
+Announcement = tuple[str, str, str]
+
+
+def _channel_and_body(service: str, method: str, client_id: str) -> tuple[str, bytes]:
+    body = notify.message(method, {"client_id": client_id}, service=service)
+    return ServiceKeys.for_service(service).sockets, body
+
+
 async def publish(redis: aioredis.Redis, service: str, method: str, client_id: str) -> int:
     """Tell the workers of `service`; returns how many listeners received it."""
-    channel = ServiceKeys.for_service(service).sockets
-    body = notify.message(method, {"client_id": client_id}, service=service)
-    return await publish_on(redis, channel, body)
+    return await publish_on(redis, *_channel_and_body(service, method, client_id))
+
+
+async def publish_many(redis: aioredis.Redis, announcements: Sequence[Announcement]) -> list[int]:
+    """Publish in order: in one pipeline on one Redis (an edge with many sockets coming and
+    going), one by one on a cluster (each channel on its own shard). Returns how many
+    listeners received each."""
+    if is_cluster(redis):
+        return [await publish(redis, *announcement) for announcement in announcements]
+    pipe = redis.pipeline(transaction=False)
+    for service, method, client_id in announcements:
+        pipe.publish(*_channel_and_body(service, method, client_id))
+    return [int(n) for n in await pipe.execute()]
 
 
 def client_id_of(params: Any) -> str | None:

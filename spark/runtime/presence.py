@@ -14,7 +14,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from spark.aio import cancel_and_wait
 from spark.broker import presence
@@ -36,6 +36,26 @@ class SocketAware(Protocol):
     async def on_websocket_connect(self, client_id: str, websocket: Any) -> None: ...
 
     async def on_websocket_disconnect(self, client_id: str, websocket: Any = None) -> None: ...
+
+
+_DEFAULT = "__spark_default_hook__"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def default_hook(fn: F) -> F:
+    """Marks a base class's do-nothing hook: a worker whose node keeps both does not
+    subscribe to presence messages, so edges stop publishing them for its service."""
+    setattr(fn, _DEFAULT, True)
+    return fn
+
+
+def wants_presence(target: object) -> bool:
+    """Whether `target` has WebSocket hooks that do something (not the base defaults)."""
+    if not isinstance(target, SocketAware):
+        return False
+    hooks = (target.on_websocket_connect, target.on_websocket_disconnect)
+    return not all(getattr(hook, _DEFAULT, False) for hook in hooks)
 
 
 def socket_hook(hook: Callable[..., Awaitable[None]]) -> SocketHook:

@@ -77,7 +77,7 @@ from spark.runtime.idempotency import IdempotencyGate
 from spark.runtime.lease import LeaseKeeper
 from spark.runtime.metrics import WorkerMetrics
 from spark.runtime.observe import WorkerObserver
-from spark.runtime.presence import PresenceHooks, SocketAware
+from spark.runtime.presence import PresenceHooks, wants_presence
 from spark.runtime.reply_writer import Done, ReplyWriter
 
 log = logging.getLogger("spark.worker")
@@ -677,7 +677,7 @@ async def run_worker(
     host = ServiceHost(url, service=name, threads=options.get("concurrency", 16))
     bind(target, host, name)
     await call_on_start(target)
-    hooks = PresenceHooks(target) if isinstance(target, SocketAware) else None
+    hooks = PresenceHooks(target) if wants_presence(target) else None
     worker = Worker(
         answering_discover(target.handle_rpc, target, name),
         WorkerConfig(service=name, **options),

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from spark.broker.keys import ServiceKeys
 from spark.nodes.rpc import RpcNode
 from spark.protocol.wire import CLIENT_ID_HEADER
+from spark.runtime.edge import EdgeConfig, EdgeServer
 from support.polling import eventually
 from support.processes import WorkerProcess, env
 from support.redis_server import free_port, wait_until
@@ -137,3 +138,27 @@ async def test_start_server_through_a_broker_runs_each_hook_once(redis_url):
     finally:
         await node.shutdown()
     assert node.heard == [("connect", client_id, None), ("disconnect", client_id, None)]
+
+
+async def test_an_edge_stops_announcing_to_a_service_nobody_listens_for(redis_url, monkeypatch):
+    """A service whose workers have no hooks costs one PUBLISH per UNHEARD_SECONDS."""
+    monkeypatch.setattr("spark.runtime.edge.core.UNHEARD_SECONDS", 600.0)
+    server = await EdgeServer(
+        EdgeConfig(redis_url=redis_url, port=0, default_service="quiet")
+    ).start()
+    edge = server.edge
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"{server.url}/ws"):
+                pass
+            await eventually(lambda: "quiet" in edge._unheard, what="nobody heard")
+            await eventually(lambda: edge._announcements.empty(), what="announcer idle")
+            for _ in range(2):
+                async with http.ws_connect(f"{server.url}/ws"):
+                    pass
+            # Both later connections came and went unannounced (and maybe the first's
+            # departure, when it was queued after the answer that nobody listened).
+            await eventually(lambda: edge.announcements_skipped >= 4, what="4 skipped")
+            assert edge.announcements_skipped <= 5
+    finally:
+        await server.stop()

@@ -68,3 +68,21 @@ async def test_a_hook_that_falls_behind_drops_messages_with_one_line(monkeypatch
     assert hooks.dropped == 7 and len(lines) == 1
     release.set()
     await hooks.aclose()
+
+
+def test_only_hooks_that_do_something_make_a_worker_listen():
+    from spark.nodes.rpc import RpcNode
+    from spark.runtime.presence import wants_presence
+
+    class Greeter(RpcNode):
+        async def on_websocket_connect(self, client_id, websocket):
+            pass
+
+    class Leaver(RpcNode):
+        async def on_websocket_disconnect(self, client_id):
+            pass
+
+    assert not wants_presence(RpcNode())  # the base class's do-nothing hooks
+    assert wants_presence(Greeter()) and wants_presence(Leaver())
+    assert wants_presence(Node())  # not an RpcNode: any hooks count
+    assert not wants_presence(object())

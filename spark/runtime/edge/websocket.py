@@ -229,7 +229,7 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
     conn.start()
     try:
         await _hook(edge.on_connect, conn.client_id, ws)
-        await edge.announce(conn, presence.CONNECT)
+        edge.announce(conn, presence.CONNECT)
         async for msg in ws:
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                 conn.received(msg.data)
@@ -239,7 +239,7 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
     finally:
         await conn.finish()
         await _hook(edge.on_disconnect, conn.client_id, ws)
-        await edge.announce(conn, presence.DISCONNECT)
+        edge.announce(conn, presence.DISCONNECT)
     return ws
 
 
