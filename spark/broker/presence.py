@@ -8,9 +8,15 @@ node's `on_websocket_connect(client_id, None)` / `on_websocket_disconnect(client
     {"jsonrpc": "2.0", "method": "websocket.connect", "params": {"client_id": "..."},
      "service": "S"}
 
+Only workers whose node overrides a hook subscribe. An edge publishes from one background
+task, in order, pipelined; when a message reached no worker, it skips that service's
+announcements for a second (`spark.runtime.edge.core.UNHEARD_SECONDS`), so a service
+without hooks costs one PUBLISH a second, not two per connection.
+
 Pub/sub keeps nothing: a worker that starts (or is reconnecting to Redis) after a client
-connected does not hear of it, and an edge that dies without closing its sockets sends no
-"disconnect". The hooks are a live signal, not a registry.
+connected does not hear of it (nor, for up to that second, of new ones), and an edge that
+dies without closing its sockets sends no "disconnect". The hooks are a live signal, not a
+registry.
 """
 
 from __future__ import annotations
