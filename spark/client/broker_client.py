@@ -53,6 +53,8 @@ DEFAULT_TIMEOUT = 30.0
 LIVENESS_CACHE_SECONDS = 1.0
 #: Seconds one BLPOP waits; bounds how long the reader takes to notice it should stop.
 READ_BLOCK_SECONDS = 1.0
+#: Seconds without calls after which the replies read are trimmed (else every TRIM_EVERY).
+IDLE_TRIM_SECONDS = 1.0
 #: Services whose queue handle and liveness are kept (least recently used ones are
 #: dropped): callers of an edge can name any number of services.
 MAX_SERVICES = 1024
@@ -386,7 +388,7 @@ class BrokerClient:
         retry = Backoff("reading replies", logger=log)
         while not self._closed:
             try:
-                if untrimmed >= replies.TRIM_EVERY or (untrimmed and not self._pending):
+                if untrimmed >= replies.TRIM_EVERY:
                     await replies.trim(self._blocking, self.client_id, last)
                     untrimmed = 0
                 reraise_cancellation()
@@ -395,6 +397,11 @@ class BrokerClient:
                     # read, which redis-py may not let a cancellation interrupt (a
                     # program's loop shutdown would then wait out a whole read).
                     self._wanted.clear()
+                    if untrimmed and not await self._wait_wanted(IDLE_TRIM_SECONDS):
+                        # Idle a while: trim what was read. Not at once: calls made one
+                        # after another would each pay a round trip for it.
+                        await replies.trim(self._blocking, self.client_id, last)
+                        untrimmed = 0
                     await self._wanted.wait()
                     continue
                 batch = await replies.read(self._blocking, self.client_id, last, READ_BLOCK_SECONDS)
@@ -409,6 +416,15 @@ class BrokerClient:
             if batch:
                 last = batch[-1][0]
                 untrimmed += len(batch)
+
+    async def _wait_wanted(self, seconds: float) -> bool:
+        """Whether a call came within `seconds`."""
+        try:
+            with aio.timeout(seconds):
+                await self._wanted.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _resolve(self, item: bytes) -> None:
         rid, result, error = decode_reply(item)
