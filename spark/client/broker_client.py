@@ -10,6 +10,7 @@ dropped, so exactly one reply reaches each caller.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -97,6 +98,7 @@ class BrokerClient:
         #: Set while calls wait for replies; the reader sleeps on it otherwise.
         self._wanted = asyncio.Event()
         self._liveness: LruDict[str, tuple[float, int]] = LruDict(MAX_SERVICES)
+        self._liveness_checks: dict[str, asyncio.Future[tuple[float, int]]] = {}
         self._seq = 0
         self._closed = False
 
@@ -127,7 +129,7 @@ class BrokerClient:
 
     async def aclose(self) -> None:
         self._closed = True
-        await cancel_and_wait(self._reader)
+        await cancel_and_wait(self._reader, *self._liveness_checks.values())
         if self._cancelling:
             # Cancels are sent when callers give up: let those in flight go out.
             await asyncio.wait(list(self._cancelling), timeout=1.0)
@@ -357,16 +359,33 @@ class BrokerClient:
         now = time.monotonic()
         cached = self._liveness.get(service)
         if cached is None or now - cached[0] > LIVENESS_CACHE_SECONDS:
+            # One lookup per service at a time: when the answer expires, the calls arriving
+            # meanwhile (hundreds at an edge under load) wait for the same one.
+            check = self._liveness_checks.get(service)
+            if check is None:
+                check = asyncio.ensure_future(self._count_live(service, now))
+                self._liveness_checks[service] = check
+                check.add_done_callback(functools.partial(self._liveness_checked, service))
             try:
-                count = await registry.live_count(self.redis, self.queue(service).keys)
+                cached = await asyncio.shield(check)
             except UNREACHABLE as exc:
                 raise self._unreachable(exc) from exc
-            cached = self._liveness[service] = (now, count)
         if cached[1] == 0:
             raise ServiceUnavailableError(
                 f"service {service!r} has no live workers{self._embedded_hint()}",
                 data={"service": service},
             )
+
+    async def _count_live(self, service: str, now: float) -> tuple[float, int]:
+        count = await registry.live_count(self.redis, self.queue(service).keys)
+        cached = self._liveness[service] = (now, count)
+        return cached
+
+    def _liveness_checked(self, service: str, check: asyncio.Future) -> None:
+        if self._liveness_checks.get(service) is check:
+            del self._liveness_checks[service]
+        if not check.cancelled():
+            check.exception()  # retrieved: its waiters were told (or all gave up)
 
     def _embedded_hint(self) -> str:
         if not is_memory(self.url):
