@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 REDIS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis-server lint test test-on test-unit test-integration demo bench lab soak clean
+.PHONY: venv redis-server chromium lint test test-on test-unit test-integration demo bench lab soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,14 @@ redis-server:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# The dashboard's browser test drives Debian's Chromium through Playwright (Playwright's own
+# browser downloads need the internet); install it when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
+		echo "installing chromium"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -32,7 +40,7 @@ EXTRA_PYTHONS ?= 3.12 3.13
 PYENV_ROOT ?= $(HOME)/.pyenv
 COVERAGE := --cov=spark --cov-report=term:skip-covered
 
-test: venv redis-server lint
+test: venv redis-server chromium lint
 	@$(BIN)/python -c 'import sys; print("full suite on Python", sys.version.split()[0])'
 	$(BIN)/pytest -q $(COVERAGE)
 	@for v in $(EXTRA_PYTHONS); do $(MAKE) --no-print-directory test-on PYV=$$v || exit 1; done
@@ -52,7 +60,7 @@ test-on:
 test-unit: venv
 	$(BIN)/pytest -q -m "not integration"
 
-test-integration: venv redis-server
+test-integration: venv redis-server chromium
 	$(BIN)/pytest -q -m integration
 
 demo: venv

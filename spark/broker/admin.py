@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from spark.broker import registry
 from spark.broker.envelope import FIELD, Envelope
-from spark.broker.keys import GROUP, ServiceKeys
+from spark.broker.keys import GROUP, SERVICES, ServiceKeys
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.broker.scripts import script
 from spark.errors import InvalidRequestError
@@ -171,6 +171,7 @@ def replay_envelope(letter: DeadLetter, timeout: float, now: float | None = None
         state=env.state,
         enqueued_at=now,
         client=None,
+        trace=env.trace,
     ).encode()
 
 
@@ -323,6 +324,8 @@ class ServiceStatus:
     #: Requests finished per second, from the workers' heartbeats; None while unknown.
     rate: float | None = None
     worker_info: dict[str, dict] = field(default_factory=dict)
+    #: Seconds the oldest unfinished request has been on the stream (Redis's clock).
+    oldest_age: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -333,6 +336,7 @@ class ServiceStatus:
             "pending": self.pending,
             "dead": self.dead,
             "rate": None if self.rate is None else round(self.rate, 3),
+            "oldest_age": None if self.oldest_age is None else round(self.oldest_age, 3),
         }
 
 
@@ -347,10 +351,21 @@ async def service_status(redis: aioredis.Redis, service: str) -> ServiceStatus:
     pipe.xlen(keys.requests)
     pipe.xlen(keys.dead)
     pipe.xpending(keys.requests, GROUP)
-    backlog, dead, pending = await pipe.execute(raise_on_error=False)
+    # Finished entries are deleted, so the first entry is the oldest unfinished request;
+    # its id is a Redis timestamp, compared with Redis's own clock.
+    pipe.xrange(keys.requests, count=1)
+    backlog, dead, pending, first = await pipe.execute(raise_on_error=False)
     for value in (backlog, dead):
         if isinstance(value, Exception):
             raise value
+    oldest_age = None
+    if isinstance(first, list) and first:
+        # Not in the pipeline: a cluster refuses TIME there (any node's clock will do).
+        now = await redis.time()
+        entry_id = first[0][0]
+        entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+        oldest_age = max(now_ms - int(entry_id.split("-")[0]), 0) / 1000
     pending = pending["pending"] if isinstance(pending, dict) and pending else 0
     workers = await registry.live_workers(redis, keys)
     inflight = sum(int(i.get("inflight") or 0) for i in workers.values())
@@ -362,6 +377,7 @@ async def service_status(redis: aioredis.Redis, service: str) -> ServiceStatus:
         pending=pending,
         dead=dead,
         worker_info=workers,
+        oldest_age=oldest_age,
     )
 
 
@@ -400,3 +416,85 @@ class ThroughputMeter:
     def rate(self, service: str) -> float | None:
         rates = [r for (s, _w), r in self._rate.items() if s == service]
         return sum(rates) if rates else None
+
+
+# -- forgetting a service ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ForgetReport:
+    service: str
+    #: Whether it was known at all (listed in the services set, or with any key).
+    known: bool
+    #: Live workers found: a service with live workers is not forgotten.
+    live: int = 0
+    #: Requests and dead letters deleted with it (only with `purge`).
+    deleted_requests: int = 0
+    deleted_dead: int = 0
+    #: Requests or dead letters that kept it from being forgotten (without `purge`).
+    backlog: int = 0
+    dead: int = 0
+
+    @property
+    def forgotten(self) -> bool:
+        return self.known and not self.live and not self.backlog and not self.dead
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "known": self.known,
+            "forgotten": self.forgotten,
+            "live_workers": self.live,
+            "backlog": self.backlog,
+            "dead": self.dead,
+            "deleted_requests": self.deleted_requests,
+            "deleted_dead": self.deleted_dead,
+        }
+
+
+async def forget(redis: aioredis.Redis, service: str, *, purge: bool = False) -> ForgetReport:
+    """Remove a service that has no live workers: its name from the services set, its
+    worker registry, and (with `purge`) its request and dead-letter streams.
+
+    Without `purge` a service that still holds requests or dead letters is left alone (they
+    would be lost), and so is one with a live worker (it would register again anyway).
+    """
+    keys = ServiceKeys.for_service(service)
+    pipe = redis.pipeline(transaction=False)
+    pipe.sismember(SERVICES, service)
+    pipe.exists(keys.requests, keys.dead, keys.workers, keys.worker_info)
+    pipe.xlen(keys.requests)
+    pipe.xlen(keys.dead)
+    listed, existing, backlog, dead = await pipe.execute()
+    report = ForgetReport(service, known=bool(listed) or bool(existing))
+    if not report.known:
+        return report
+    report.live = await registry.live_count(redis, keys)
+    if report.live:
+        return report
+    if not purge and (backlog or dead):
+        report.backlog, report.dead = backlog, dead
+        return report
+    pipe = redis.pipeline(transaction=False)
+    pipe.srem(SERVICES, service)
+    pipe.delete(keys.workers, keys.worker_info)
+    if purge:
+        pipe.delete(keys.requests)
+        pipe.delete(keys.dead)
+    else:
+        # An empty request stream still holds the consumer group: drop it with the service.
+        pipe.delete(keys.requests)
+    await pipe.execute()
+    if purge:
+        report.deleted_requests, report.deleted_dead = backlog, dead
+    return report
+
+
+async def is_known(redis: aioredis.Redis, service: str) -> bool:
+    """Whether `service` ever had a worker or has any stream (for "unknown service" errors)."""
+    keys = ServiceKeys.for_service(service)
+    pipe = redis.pipeline(transaction=False)
+    pipe.sismember(SERVICES, service)
+    pipe.exists(keys.requests, keys.dead, keys.workers)
+    listed, existing = await pipe.execute()
+    return bool(listed) or bool(existing)

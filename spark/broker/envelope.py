@@ -2,9 +2,10 @@
 
 A stream entry has one field, `e`, holding the envelope as JSON. The envelope carries our
 own request id (unique per client; the caller's JSON-RPC id never leaves the caller), the
-client to reply to, the request's budget, and optional idempotency key and state namespace.
-The reply's format is wire knowledge shared with the client: it lives in `spark.protocol.wire`
-(re-exported here).
+client to reply to, the request's budget, optional idempotency key and state namespace, and
+the caller's W3C trace context (`trace`: `{"traceparent": ..., "tracestate": ...}`, see
+`spark.protocol.wire.read_trace`). The reply's format is wire knowledge shared with the
+client: it lives in `spark.protocol.wire` (re-exported here).
 
 The budget travels relative (`timeout`, seconds left when the request was enqueued, as
 gRPC's `grpc-timeout`): a worker counts it from the time in the stream entry's id, which is
@@ -21,7 +22,13 @@ from typing import Any
 import orjson
 
 from spark.errors import InvalidRequestError
-from spark.protocol.wire import decode_reply, encode_error, encode_result, retag_reply
+from spark.protocol.wire import (
+    decode_reply,
+    encode_error,
+    encode_result,
+    read_trace,
+    retag_reply,
+)
 
 __all__ = [
     "FIELD",
@@ -55,6 +62,8 @@ class Envelope:
     client: str | None = None
     #: Seconds the request had left when it was enqueued (see the module docstring).
     timeout: float | None = None
+    #: The caller's W3C trace context (spark.tracing); None when it sent none.
+    trace: dict[str, str] | None = None
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {"id": self.id, "method": self.method}
@@ -74,6 +83,8 @@ class Envelope:
             doc["client"] = self.client
         if self.timeout is not None:
             doc["timeout"] = self.timeout
+        if self.trace is not None:
+            doc["trace"] = self.trace
         return orjson.dumps(doc)
 
     @classmethod
@@ -100,6 +111,8 @@ class Envelope:
             value = doc.get(name)
             if value is not None and not isinstance(value, str):
                 raise InvalidRequestError(f"{name} must be a string")
+        # Tracing is best effort: a foreign producer's odd value costs the trace only.
+        trace = read_trace(doc.get("trace"))
         return cls(
             id=rid,
             method=method,
@@ -111,6 +124,7 @@ class Envelope:
             enqueued_at=doc.get("enqueued_at"),
             client=doc.get("client"),
             timeout=timeout,
+            trace=trace,
         )
 
 

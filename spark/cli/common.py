@@ -14,13 +14,13 @@ import asyncio
 import errno
 import importlib
 import inspect
-import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
+from spark import logs
 from spark.broker.connection import ENV_URL, connect, is_memory, resolve_url
 from spark.broker.keys import check_name
 
@@ -87,16 +87,18 @@ def log_level(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def setup_logging(level: str | None = None) -> None:
-    """Logging at `level`, else $SPARK_LOG_LEVEL, else INFO (UsageError for a bad name)."""
+def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
+    """Logging at `level`, else $SPARK_LOG_LEVEL, else INFO, as text or JSON lines (`fmt`,
+    else $SPARK_LOG_FORMAT; see spark.logs). UsageError for a bad name."""
     try:
         chosen = level or _level(os.environ.get(LOG_LEVEL_ENV) or "INFO")
     except UsageError as exc:
         raise UsageError(f"${LOG_LEVEL_ENV}: {exc}") from None
-    logging.basicConfig(
-        level=chosen.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
+    try:
+        fmt = logs.resolve_format(fmt)
+    except ValueError as exc:
+        raise UsageError(f"${logs.ENV_FORMAT}: {exc}") from None
+    logs.setup_logging(chosen, fmt)
 
 
 def check_broker_url(url: str, source: str = "--redis") -> str:

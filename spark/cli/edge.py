@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
 
+from spark import logs
 from spark.broker.connection import describe
 from spark.cli.common import (
     REDIS_HELP,
@@ -31,6 +33,7 @@ from spark.cli.common import (
     setup_logging,
     usage_exit,
 )
+from spark.logs import add_format_argument
 from spark.runtime.edge import EdgeConfig, run_edge
 
 _DEFAULTS = EdgeConfig()
@@ -116,6 +119,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add_loop_argument(p)
     p.add_argument("--log-level", type=log_level, help="debug, info (default), warning, error")
+    add_format_argument(p)
     return p
 
 
@@ -160,15 +164,19 @@ async def _serve(config: EdgeConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        setup_logging(args.log_level)
+        setup_logging(args.log_level, args.log_format)
         config = config_from(args)
     except (UsageError, ValueError, OSError) as exc:
         return usage_exit(PROG, exc)
-    print(
+    banner = (
         f"{PROG}: broker {describe(config.redis_url)}, "
-        f"{'https' if config.tls else 'http'}://{config.host}:{config.port}",
-        file=sys.stderr,
+        f"{'https' if config.tls else 'http'}://{config.host}:{config.port}"
     )
+    if logs.resolve_format(args.log_format) == "json":
+        # Every line on stderr is one JSON object then.
+        logging.getLogger("spark.edge").info(banner)
+    else:
+        print(banner, file=sys.stderr)
     try:
         run(_serve(config), args.loop)
     except OSError as exc:

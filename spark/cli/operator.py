@@ -5,6 +5,7 @@
   spark dlq list SERVICE                dead-lettered requests with their last error
   spark dlq replay SERVICE --id ID|--all   put dead letters back on the request stream
   spark dlq purge SERVICE               delete dead letters
+  spark forget SERVICE [--purge]        remove a service that has no live workers
   spark dev TARGET...                   broker + workers + edge in one process
 
 Exit codes: 0 done; 1 the service answered with a JSON-RPC error (printed as JSON on
@@ -50,6 +51,8 @@ from spark.cli.common import (
     setup_logging,
 )
 from spark.errors import RpcError, ServiceUnavailableError, TransportError
+from spark.logs import add_format_argument
+from spark.runtime.overview import service_overview
 
 PROG = "spark"
 #: Longest wait `spark status` spends measuring throughput by default.
@@ -190,6 +193,18 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--json", action="store_true", help="JSON output")
 
+    f = sub.add_parser(
+        "forget",
+        parents=[common],
+        help="remove a dead service (no live workers) from status, /health and the dashboard",
+        description="Remove a service that has no live workers: its name and its worker "
+        "registry. A service whose streams still hold requests or dead letters is kept "
+        "(exit 1) unless --purge, which deletes them too.",
+    )
+    f.add_argument("service", type=service_name, metavar="SERVICE")
+    f.add_argument("--purge", action="store_true", help="delete its requests and dead letters")
+    f.add_argument("--json", action="store_true", help="JSON summary")
+
     d = sub.add_parser("dlq", help="dead-lettered requests: list, replay, purge")
     dsub = d.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
 
@@ -250,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
         "--concurrency", type=positive(int), default=16, help="per worker (default %(default)s)"
     )
     v.add_argument("--log-level", type=log_level, help="debug, info (default), warning, error")
+    add_format_argument(v)
     return p
 
 
@@ -367,23 +383,89 @@ async def collect_status(
     return rows
 
 
+def _ms(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return f"{value:.2f}ms" if value < 10 else f"{value:.0f}ms"
+
+
+def _age(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def status_docs(rows: list[admin.ServiceStatus]) -> list[dict[str, Any]]:
+    """What `--json` prints: per service its figures, workers and methods."""
+    return [service_overview(r) for r in rows]
+
+
 def render_status(rows: list[admin.ServiceStatus], url: str) -> str:
     if not rows:
         return f"no services known at {describe(url)}"
+    docs = status_docs(rows)
     body = [
         (
-            r.service,
-            r.workers,
-            r.inflight,
-            r.backlog,
-            r.pending,
-            r.dead,
-            None if r.rate is None else f"{r.rate:.1f}",
+            d["service"],
+            d["workers"],
+            d["inflight"],
+            d["backlog"],
+            d["pending"],
+            d["dead"],
+            None if d["rate"] is None else f"{d['rate']:.1f}",
+            None if d["error_rate"] is None else f"{d['error_rate'] * 100:.1f}%",
+            _ms(d["p50_ms"]),
+            _ms(d["p99_ms"]),
+            _age(d["oldest_age"]),
         )
-        for r in rows
+        for d in docs
     ]
-    headers = ("SERVICE", "WORKERS", "INFLIGHT", "BACKLOG", "PENDING", "DEAD", "REQ/S")
-    return table(headers, body, right={1, 2, 3, 4, 5, 6})
+    headers = (
+        "SERVICE",
+        "WORKERS",
+        "INFLIGHT",
+        "BACKLOG",
+        "PENDING",
+        "DEAD",
+        "REQ/S",
+        "ERR%",
+        "P50",
+        "P99",
+        "OLDEST",
+    )
+    parts = [table(headers, body, right=set(range(1, len(headers))))]
+    for d in docs:
+        if d["worker_list"]:
+            workers = [
+                (
+                    w["id"],
+                    w["pid"],
+                    w["host"],
+                    _age(w["uptime"]),
+                    w["processed"],
+                    w["failed"],
+                    w["inflight"],
+                    w["state"],
+                )
+                for w in d["worker_list"]
+            ]
+            heads = ("WORKER", "PID", "HOST", "UPTIME", "PROCESSED", "FAILED", "INFLIGHT", "STATE")
+            parts.append(f"\n{d['service']}: workers\n" + table(heads, workers, {1, 3, 4, 5, 6}))
+        methods = [m for m in d["methods"] if not m["method"].startswith("rpc.")]
+        if methods:
+            lines = [
+                (m["method"], m["calls"], m["errors"], _ms(m["p50_ms"]), _ms(m["p99_ms"]))
+                for m in methods
+            ]
+            heads = ("METHOD", "CALLS", "ERRORS", "P50", "P99")
+            parts.append(f"\n{d['service']}: methods\n" + table(heads, lines, {1, 2, 3, 4}))
+    return "\n".join(parts)
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -398,7 +480,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         if args.sample > 0 and any(r.workers for r in rows):
             rows = await _sample(redis, services, meter, rows, args.sample)
         if args.json:
-            print(dump_json([r.to_dict() for r in rows]))
+            print(dump_json(status_docs(rows)))
         else:
             print(render_status(rows, url))
         return 0
@@ -431,7 +513,7 @@ async def _watch(args, redis, url: str, services, meter) -> int:
             redis, args.services or await registry.services(redis, scan=True), meter
         )
         if args.json:
-            print(dump_json([r.to_dict() for r in rows], indent=False), flush=True)
+            print(dump_json(status_docs(rows), indent=False), flush=True)
         else:
             stamp = datetime.datetime.now().strftime("%H:%M:%S")
             text = f"{describe(url)}  {stamp}\n{render_status(rows, url)}"
@@ -463,6 +545,10 @@ async def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 async def _dlq_list(args: argparse.Namespace, redis) -> int:
+    if not await admin.is_known(redis, args.service):
+        known = ", ".join(await registry.services(redis)) or "none"
+        print(f"{PROG}: unknown service {args.service!r} (known: {known})", file=sys.stderr)
+        return 1
     letters = await admin.dead_letters(redis, args.service, count=args.count)
     if args.json:
         print(dump_json([x.to_dict() for x in letters]))
@@ -483,6 +569,11 @@ async def _dlq_list(args: argparse.Namespace, redis) -> int:
         for x in letters
     ]
     print(table(("ID", "METHOD", "DELIVERIES", "WHEN", "ERROR"), rows, right={2}))
+    # The table shortens errors to fit; the last error of each, in full:
+    print()
+    for x in letters:
+        full = x.error if isinstance(x.error, str) else dump_json(x.error, indent=False)
+        print(f"{x.id}  {full}")
     if total > len(letters):
         print(f"({len(letters)} of {total}; --count for more)")
     return 0
@@ -542,6 +633,43 @@ async def _dlq_purge(args: argparse.Namespace, redis) -> int:
     return 0
 
 
+# -- forget ---------------------------------------------------------------------------------------
+
+
+async def cmd_forget(args: argparse.Namespace) -> int:
+    redis = connect(cli_redis_url(args.redis), max_connections=2)
+    try:
+        report = await admin.forget(redis, args.service, purge=args.purge)
+    finally:
+        await redis.aclose()
+    if args.json:
+        print(dump_json(report.to_dict()))
+    if not report.known:
+        print(f"{PROG}: unknown service {args.service!r}", file=sys.stderr)
+        return 1
+    if report.live:
+        print(
+            f"{PROG}: {args.service} has {report.live} live worker(s); stop them first",
+            file=sys.stderr,
+        )
+        return 1
+    if not report.forgotten:
+        print(
+            f"{PROG}: {args.service} still holds {report.backlog} request(s) and "
+            f"{report.dead} dead letter(s); --purge deletes them with it",
+            file=sys.stderr,
+        )
+        return 1
+    if not args.json:
+        extra = (
+            f" (deleted {report.deleted_requests} request(s), {report.deleted_dead} dead letter(s))"
+            if args.purge
+            else ""
+        )
+        print(f"forgot {args.service}{extra}")
+    return 0
+
+
 # -- dev ------------------------------------------------------------------------------------------
 
 
@@ -549,7 +677,7 @@ def run_dev_command(args: argparse.Namespace) -> int:
     from spark.runtime.dev import DevServer, run_dev
 
     try:
-        setup_logging(args.log_level)
+        setup_logging(args.log_level, args.log_format)
         nodes = [load_target(t) for t in args.targets]
     except UsageError as exc:
         return fail(str(exc))
@@ -562,6 +690,7 @@ def run_dev_command(args: argparse.Namespace) -> int:
         for url in server.urls().values():
             lines.append(f"  POST {url}    WS {url.replace('http', 'ws', 1)}/ws")
         lines.append(f"  POST {server.endpoint}/    (default service: {server.services[0]})")
+        lines.append(f"  dashboard {server.endpoint}/dashboard")
         lines.append("Ctrl-C to stop")
         print("\n".join(lines), flush=True)
 
@@ -598,6 +727,8 @@ async def execute(args: argparse.Namespace) -> int:
             return await cmd_call(args)
         if args.command == "status":
             return await cmd_status(args)
+        if args.command == "forget":
+            return await cmd_forget(args)
         return await cmd_dlq(args)
     except BrokenPipeError:
         raise  # our stdout, not the broker: `main` ends quietly

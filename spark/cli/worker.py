@@ -31,6 +31,7 @@ from spark.cli.common import (
     broker_url,
     cli_redis_url,
     install_stop_signals,
+    listen_error,
     load_target,
     log_level,
     positive,
@@ -39,10 +40,12 @@ from spark.cli.common import (
     setup_logging,
     usage_exit,
 )
-from spark.runtime.supervisor import Supervisor
+from spark.logs import add_format_argument
+from spark.runtime.supervisor import INDEX_ENV, Supervisor
 from spark.runtime.worker import WorkerConfig, run_worker, service_of
 
 _DEFAULTS = WorkerConfig(service="-")
+METRICS_PORT_ENV = "SPARK_METRICS_PORT"
 HEALTH_DIR_ENV = "SPARK_HEALTH_DIR"
 
 
@@ -110,8 +113,20 @@ def parser() -> argparse.ArgumentParser:
         help="answer a handler's crash with its exception type and message in the error's "
         "data (default: only 'Internal error'; the traceback is in the log either way)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on PORT (default: $SPARK_METRICS_PORT, else off); "
+        "with --processes N, process i serves on PORT+i",
+    )
+    p.add_argument(
+        "--metrics-host", default="0.0.0.0", help="address for --metrics-port (default %(default)s)"
+    )
     add_loop_argument(p)
     p.add_argument("--log-level", type=log_level, help="debug, info (default), warning, error")
+    add_format_argument(p)
     return p
 
 
@@ -178,7 +193,7 @@ def write_record(health_dir: str, service: str, consumer: str) -> Path:
     return record
 
 
-async def _serve(target, args, url: str, consumer: str) -> None:
+async def _serve(target, args, url: str, consumer: str, metrics_port: int | None) -> None:
     stop = asyncio.Event()
     install_stop_signals(asyncio.get_running_loop(), stop.set)
     await run_worker(
@@ -192,7 +207,22 @@ async def _serve(target, args, url: str, consumer: str) -> None:
         grace=args.grace,
         heartbeat_interval=args.heartbeat,
         consumer=consumer,
+        metrics_port=metrics_port,
+        metrics_host=args.metrics_host,
     )
+
+
+def _metrics_port(port: int | None) -> int | None:
+    """--metrics-port (else $SPARK_METRICS_PORT), shifted by this process's slot under a
+    supervisor."""
+    if port is None and os.environ.get(METRICS_PORT_ENV):
+        try:
+            port = int(os.environ[METRICS_PORT_ENV])
+        except ValueError:
+            raise UsageError(f"${METRICS_PORT_ENV} must be a port number") from None
+    if port is None or port == 0:
+        return port
+    return port + int(os.environ.get(INDEX_ENV) or 0)
 
 
 async def _supervise(argv: list[str], args) -> int:
@@ -205,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     try:
-        setup_logging(args.log_level)
+        setup_logging(args.log_level, args.log_format)
+        metrics_port = _metrics_port(args.metrics_port)
         url = cli_redis_url(args.redis)
         if args.check and (args.health_dir or args.service):
             # Nothing imported or built: a health check must stay cheap.
@@ -226,7 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     consumer = WorkerConfig(service=service).consumer
     record = write_record(args.health_dir, service, consumer) if args.health_dir else None
     try:
-        run(_serve(target, args, url, consumer), args.loop)
+        run(_serve(target, args, url, consumer, metrics_port), args.loop)
+    except OSError as exc:
+        # The only port a worker listens on is --metrics-port.
+        message = listen_error(exc, args.metrics_host, metrics_port or 0)
+        if message is None:
+            raise
+        return usage_exit("spark-worker", message)
     finally:
         if record is not None:
             record.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -19,7 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from spark import aio
+from spark import aio, tracing
 from spark.aio import Batcher, cancel_and_wait, reraise_cancellation
 from spark.broker import (
     UNREACHABLE,
@@ -222,6 +223,9 @@ class BrokerClient:
         if require_workers:
             await self._require_workers(service)
         rid = request_id or self.next_id()
+        span, trace = (
+            tracing.start_client(service, method, rid) if tracing.ENABLED else (None, None)
+        )
         env = Envelope(
             id=rid,
             method=method,
@@ -234,6 +238,7 @@ class BrokerClient:
             client=client_id,
             # Relative: the worker counts it on Redis's clock, whatever ours says.
             timeout=remaining,
+            trace=trace,
         )
         waiting = remaining if wait is None else max(0.0, min(wait, remaining))
         loop = asyncio.get_running_loop()
@@ -260,6 +265,8 @@ class BrokerClient:
             raise
         finally:
             self._pending.pop(rid, None)
+            if span is not None:
+                tracing.end_client(span, sys.exception())
 
     def cancel(
         self, service: str, request_id: str | None = None, idempotency_key: str | None = None
@@ -313,6 +320,7 @@ class BrokerClient:
             state=state,
             enqueued_at=now,
             timeout=max(0.0, deadline - now),
+            trace=tracing.inject() if tracing.ENABLED else None,
         )
         await self._enqueue(service, env.encode())
 

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import orjson
 
+from spark import tracing
 from spark.client.transport import Call, CallOutcome, NotificationHandler
 from spark.errors import (
     RpcConnectionError,
@@ -204,6 +205,8 @@ class HttpTransport(_Base):
     ) -> tuple[int, bytes]:
         left = remaining(deadline)
         headers = {**JSON_HEADERS, TIMEOUT_HEADER: f"{left:.3f}", **(extra or {})}
+        if tracing.ENABLED:
+            headers.update(tracing.inject() or ())
         waiting = left if wait is None else max(0.0, min(wait, left))
         try:
             async with asyncio.timeout(waiting):
@@ -214,6 +217,7 @@ class HttpTransport(_Base):
         except CONNECTION_ERRORS as exc:
             raise RpcConnectionError(f"cannot reach {self.url}: {exc}") from exc
 
+    @tracing.traced_call
     async def call(
         self,
         method: str,

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from spark import tracing
 from spark.client.http import CONNECTION_ERRORS, _Base, remaining
 from spark.client.transport import Call, CallOutcome
 from spark.errors import RpcConnectionError, RpcError, RpcTimeoutError, UnauthorizedError
@@ -49,7 +50,8 @@ def _request_doc(
     request: Request, deadline: float, idempotency_key: str | None = None
 ) -> dict[str, Any]:
     doc = request.to_dict()
-    doc[SPARK_MEMBER] = spark_member(deadline - time.time(), idempotency_key)
+    trace = tracing.inject() if tracing.ENABLED else None
+    doc[SPARK_MEMBER] = spark_member(deadline - time.time(), idempotency_key, trace)
     return doc
 
 
@@ -219,6 +221,7 @@ class WebSocketTransport(_Base):
             for rid in futures:
                 self._pending.pop(rid, None)
 
+    @tracing.traced_call
     async def call(
         self,
         method: str,

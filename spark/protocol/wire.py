@@ -1,9 +1,10 @@
 """What Spark adds to JSON-RPC on the wire, in one place for the client and the edge.
 
-Over HTTP a call's budget and idempotency key travel in request headers. Over WebSocket the
-headers belong to the connection, so each request object carries them in an extra member,
-`"spark": {"timeout": seconds, "idempotency_key": key}` (JSON-RPC peers ignore unknown
-members); the edge names the connection's client id in a handshake response header.
+Over HTTP a call's budget, idempotency key and W3C trace context (`traceparent`,
+`tracestate`) travel in request headers. Over WebSocket the headers belong to the
+connection, so each request object carries them in an extra member, `"spark": {"timeout":
+seconds, "idempotency_key": key, "trace": {"traceparent": ...}}` (JSON-RPC peers ignore
+unknown members); the edge names the connection's client id in a handshake response header.
 
 Behind the edge, a worker answers on the broker in a reply format of its own: our request id
 (the caller's JSON-RPC id never leaves the caller) with `result` or `error`, and no
@@ -30,24 +31,50 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 CLIENT_ID_HEADER = "X-Spark-Client-Id"
 #: WebSocket (and any body): the extra request member with per-request options.
 SPARK_MEMBER = "spark"
+#: W3C trace context: HTTP header names, and the keys of a carrier (the `trace` of the
+#: SPARK_MEMBER and of a broker envelope).
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
-#: Per request: its own timeout (seconds) and idempotency key, each None when not given.
-RequestOptions = tuple[float | None, str | None]
+#: A W3C trace context carrier: {"traceparent": ..., "tracestate": ...}.
+Carrier = dict[str, str]
+#: Per request: its own timeout (seconds), idempotency key and trace context, None when not
+#: given.
+RequestOptions = tuple[float | None, str | None, Carrier | None]
 
 
-def spark_member(timeout: float, idempotency_key: str | None = None) -> dict[str, Any]:
+def spark_member(
+    timeout: float, idempotency_key: str | None = None, trace: Carrier | None = None
+) -> dict[str, Any]:
     """The SPARK_MEMBER value for a request with `timeout` seconds left."""
     member: dict[str, Any] = {"timeout": round(max(timeout, 0.001), 3)}
     if idempotency_key:
         member["idempotency_key"] = idempotency_key
+    if trace:
+        member["trace"] = trace
     return member
 
 
+def read_trace(value: Any) -> Carrier | None:
+    """A trace context carrier received from outside, or None when it is missing or junk
+    (a bad one costs the trace, never the request)."""
+    if not isinstance(value, dict):
+        return None
+    parent = value.get(TRACEPARENT)
+    if not isinstance(parent, str) or len(parent) > 128:
+        return None
+    carrier = {TRACEPARENT: parent}
+    state = value.get(TRACESTATE)
+    if isinstance(state, str) and len(state) <= 512:
+        carrier[TRACESTATE] = state
+    return carrier
+
+
 def read_spark_member(request_doc: Any, max_key_length: int) -> RequestOptions:
-    """(timeout, idempotency key) from a request object's SPARK_MEMBER; what is missing or
-    invalid is None (the request then runs with the connection's defaults)."""
+    """(timeout, idempotency key, trace) from a request object's SPARK_MEMBER; what is
+    missing or invalid is None (the request then runs with the connection's defaults)."""
     member = request_doc.get(SPARK_MEMBER) if isinstance(request_doc, dict) else None
-    timeout = key = None
+    timeout = key = trace = None
     if isinstance(member, dict):
         value = member.get("timeout")
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -56,7 +83,8 @@ def read_spark_member(request_doc: Any, max_key_length: int) -> RequestOptions:
         value = member.get("idempotency_key")
         if isinstance(value, str) and 0 < len(value) <= max_key_length:
             key = value
-    return timeout, key
+        trace = read_trace(member.get("trace"))
+    return timeout, key, trace
 
 
 # -- broker replies ----------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from spark.errors import (
     RpcTimeoutError,
     ServiceUnavailableError,
 )
+from spark.runtime.discovery import answering_discover
 from spark.runtime.host import ServiceHost
 
 log = logging.getLogger("spark.server")
@@ -111,6 +112,8 @@ class InProcessService:
             raise ValueError("concurrency must be positive and max_backlog not negative")
         self.node = node
         self.service = service
+        #: The node's methods, and `rpc.discover` as a worker answers it.
+        self._handle = answering_discover(node.handle_rpc, node, service)
         self.concurrency = concurrency
         self.max_backlog = max_backlog
         self.idempotency_ttl = idempotency_ttl
@@ -237,7 +240,7 @@ class InProcessService:
             token = current_call.set(call)
             try:
                 with timeout(remaining) as scope:
-                    result = await self.node.handle_rpc(method, params, call)
+                    result = await self._handle(method, params, call)
             except RpcError:  # before TimeoutError: RpcTimeoutError is one
                 self.failed += 1
                 raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 
@@ -17,6 +18,8 @@ from spark.broker.retrying import Backoff
 log = logging.getLogger("spark.supervisor")
 
 MAX_RESTART_DELAY = 30.0
+#: Environment variable giving each child its slot number (0..processes-1).
+INDEX_ENV = "SPARK_WORKER_INDEX"
 
 
 class Supervisor:
@@ -57,7 +60,9 @@ class Supervisor:
             stopping=self._stopping,
         )
         while True:
-            proc = await asyncio.create_subprocess_exec(*self.argv)
+            # Tells child `slot` which it is (spark-worker serves metrics on port + slot).
+            env = {**os.environ, INDEX_ENV: str(slot)}
+            proc = await asyncio.create_subprocess_exec(*self.argv, env=env)
             self._children[slot] = proc
             log.info("worker process %d started (pid %d)", slot, proc.pid)
             began = time.monotonic()

@@ -64,9 +64,12 @@ from spark.errors import (
     RpcTimeoutError,
 )
 from spark.runtime.cancellation import CANCEL_MEMORY, CancellationIndex
+from spark.runtime.discovery import answering_discover
 from spark.runtime.host import HostAware, Servable, ServiceAware, ServiceHost
 from spark.runtime.idempotency import IdempotencyGate
 from spark.runtime.lease import LeaseKeeper
+from spark.runtime.metrics import WorkerMetrics
+from spark.runtime.observe import WorkerObserver
 from spark.runtime.reply_writer import Done, ReplyWriter
 
 log = logging.getLogger("spark.worker")
@@ -97,6 +100,9 @@ class WorkerConfig:
     #: Deadline given to envelopes that arrive without one (written by a foreign producer).
     default_timeout: float = 300.0
     read_block_ms: int = 1000
+    #: Port answering Prometheus scrapes (0 picks a free one); None serves no metrics.
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
     consumer: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -146,6 +152,11 @@ class Worker:
         self.state = "serving"
         self.failed = 0
         self.started_at = time.time()
+        #: Counts, latencies, spans and request log lines of answered requests.
+        self.observer = WorkerObserver(config.service, config.consumer)
+        self.metrics: WorkerMetrics | None = None
+        #: Entries of the request stream not finished, at the last heartbeat (with metrics).
+        self.backlog: int | None = None
 
     @property
     def consumer(self) -> str:
@@ -202,6 +213,12 @@ class Worker:
         self._cancels = NotificationListener(
             self.url, self._on_cancel, channels=[self.queue.keys.cancel]
         )
+        if cfg.metrics_port is not None:
+            self.metrics = WorkerMetrics(
+                cfg.service, self.observer.stats, lambda: len(self._inflight), lambda: self.backlog
+            )
+            port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+            log.info("worker %s metrics on port %d", self.consumer, port)
         try:
             # Redis may be down (or refusing writes) at start: wait for it, but stop
             # promptly when asked to (SIGTERM, Ctrl-C) instead of only once it answers.
@@ -249,6 +266,8 @@ class Worker:
             )
 
     async def _close_clients(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         if self._cancels is not None:
             await self._cancels.aclose()
         for client in (self._reader, self._writer, self.redis):
@@ -422,7 +441,7 @@ class Worker:
             delivery=entry.deliveries,
         )
         try:
-            payload, keep = await self._invoke(env, call, deadline)
+            payload, keep = await self.observer.run(env, call, self._invoke(env, call, deadline))
         finally:
             if store_key is not None and self._gate is not None:
                 self._gate.ran(entry.entry_id)
@@ -437,6 +456,7 @@ class Worker:
         self, entry: Entry, env: Envelope, claimed_key: str | None, deadline: float
     ) -> Done:
         self.cancelled += 1
+        self.observer.stats.cancelled += 1
         err = CancelledError(
             "the caller cancelled the request",
             data={"service": self.config.service, "method": env.method},
@@ -497,6 +517,7 @@ class Worker:
 
     async def _dead_letter(self, entry: Entry, err: RpcError) -> None:
         log.error("dead-lettering %r of %r: %s", entry.entry_id, self.config.service, err)
+        self.observer.stats.dead_lettered += 1
         try:
             await self._retry_dead.call(self.queue.dead_letter, entry, err.to_dict(), self.consumer)
         except Stopped:
@@ -542,6 +563,7 @@ class Worker:
             if not entries:
                 return
             entry = entries[0]
+            self.observer.stats.reclaimed += 1
             log.warning(
                 "reclaimed %r of %r (delivery %d); running it apart from other reclaims",
                 entry.entry_id,
@@ -555,6 +577,9 @@ class Worker:
 
     async def _beat(self) -> None:
         cfg = self.config
+        stats = self.observer.stats
+        if self.metrics is not None:
+            self.backlog = (await self.queue.stats())["backlog"]
         before = time.time()
         redis_now = await registry.server_time(self.redis)
         self.clock_offset = redis_now - (before + time.time()) / 2
@@ -573,6 +598,9 @@ class Worker:
                 "failed": self.failed,
                 "cancelled": self.cancelled,
                 "started_at": self.started_at,
+                "reclaimed": stats.reclaimed,
+                "dead_lettered": stats.dead_lettered,
+                "methods": stats.snapshot(),
             },
         )
 
@@ -637,7 +665,8 @@ async def run_worker(
         # Served under this name: its notifications go to this service's clients.
         target.service = name
     await _hook(target, "on_start")
-    worker = Worker(target.handle_rpc, WorkerConfig(service=name, **options), url)
+    handler = answering_discover(target.handle_rpc, target, name)
+    worker = Worker(handler, WorkerConfig(service=name, **options), url)
     serving = asyncio.create_task(worker.serve())
     # `stop` counts from the start: a worker still waiting for Redis stops when asked.
     stopper = asyncio.create_task(stop.wait()) if stop is not None else None

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_cluster
+import bench_observability
 import bench_perf
 import bench_state
 
@@ -18,6 +19,7 @@ BENCHMARKS = [
     ("performance table (issue 15)", bench_perf.main),
     ("GraphState on Redis (issue 6)", bench_state.main),
     ("Redis Cluster: services over 3 shards vs one Redis (issue 13)", bench_cluster.main),
+    ("observability overhead (issue 14)", bench_observability.main),
 ]
 
 

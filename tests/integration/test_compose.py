@@ -81,7 +81,13 @@ def test_env_example_names_every_secret_compose_needs():
 
 def test_structure(compose):
     services = compose["services"]
-    assert set(services) == {"redis", "edge", *WORKERS}
+    assert set(services) == {"redis", "edge", "prometheus", *WORKERS}
+    # Prometheus is optional (a profile) and scrapes every worker it is told of.
+    assert services["prometheus"]["profiles"] == ["observability"]
+    with open(ROOT / "deploy" / "prometheus.yml") as f:
+        scrape = {job["job_name"]: job for job in yaml.safe_load(f)["scrape_configs"]}
+    (sd,) = scrape["spark-worker"]["dns_sd_configs"]
+    assert set(sd["names"]) == WORKERS and sd["port"] == 9100
     for name, svc in services.items():
         assert svc["restart"] in ("unless-stopped", "always"), name
     redis_svc = services["redis"]
@@ -110,6 +116,7 @@ def test_structure(compose):
         assert "--redis" not in cmd, name  # the password stays in the environment
         assert svc["environment"]["SPARK_REDIS_URL"] == COMPOSE_URL
         assert svc["environment"]["SPARK_HEALTH_DIR"] == HEALTH_DIR
+        assert svc["environment"]["SPARK_METRICS_PORT"] == "9100", name
         assert svc["deploy"]["replicas"] >= 2, name
         # Its own workers' heartbeats; nothing imported or built by the check.
         assert svc["healthcheck"]["test"] == ["CMD", "spark-worker", "--check"], name
@@ -187,6 +194,9 @@ class Stack:
 
     def start(self, name: str, argv: list[str]) -> None:
         env = self.service_env(name)
+        if "SPARK_METRICS_PORT" in env:
+            # Replicas share this host here (not one container each): free ports instead.
+            env["SPARK_METRICS_PORT"] = "0"
         with open(self.dir / f"{name}-{len(self.procs)}.log", "w") as log:
             proc = subprocess.Popen(
                 self.local(argv), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT

@@ -96,3 +96,28 @@ def test_bad_flags_exit_2():
     )
     assert done.returncode == 2
     assert "ssl" in done.stderr
+
+
+def test_json_logs_and_the_dashboard(redis_url):
+    port = free_port()
+    cmd = [sys.executable, "-m", "spark.cli.edge", "--redis", redis_url, "--port", str(port)]
+    edge = subprocess.Popen(
+        [*cmd, "--log-format", "json", "--auth-token", "t"],
+        env={**env(), "SPARK_LOG_LEVEL": "INFO"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: health(url) == 200 or edge.poll() is not None, timeout=20, what="edge")
+        with urllib.request.urlopen(f"{url}/dashboard?token=t", timeout=10) as resp:
+            assert resp.status == 200 and b"<title>Spark RPC dashboard</title>" in resp.read()
+        edge.send_signal(signal.SIGTERM)
+        _, err = edge.communicate(timeout=20)
+    finally:
+        if edge.poll() is None:
+            edge.kill()
+            edge.wait()
+    lines = [json.loads(line) for line in err.splitlines()]
+    assert any(x["message"].startswith("edge listening on") for x in lines), err
+    assert all({"ts", "level", "logger", "message", "pid"} <= set(x) for x in lines)

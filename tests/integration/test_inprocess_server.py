@@ -156,6 +156,14 @@ async def test_results_errors_and_hooks_answer_alike(served):
     assert node.hooks == ["start"]
 
 
+async def test_rpc_discover_answers_alike(served):
+    _node, base, _mode = served
+    _, body = await post(base, call("rpc.discover"))
+    doc = body["result"]
+    assert doc["info"]["title"] == "sem"
+    assert "echo" in {m["name"] for m in doc["methods"]}
+
+
 async def test_on_stop_runs_after_the_server_stops(memory_url, monkeypatch):
     monkeypatch.delenv("SPARK_REDIS_URL", raising=False)
     for redis_url in (None, memory_url):

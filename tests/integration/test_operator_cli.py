@@ -169,6 +169,8 @@ async def test_call_through_edge(workers, redis_url):
 
 # -- status ---------------------------------------------------------------------------------------
 
+FIGURES = ("service", "workers", "inflight", "backlog", "pending", "dead", "rate")
+
 
 @pytest.mark.topologies("single", "cluster")
 async def test_status_numbers(workers, redis_url, redis):
@@ -195,7 +197,7 @@ async def test_status_numbers(workers, redis_url, redis):
     assert code == 0, err
     rows = {r["service"]: r for r in json.loads(out)}
     assert set(rows) == {"lab", "idle"}
-    assert rows["idle"] == {
+    assert {k: rows["idle"][k] for k in FIGURES} == {
         "service": "idle",
         "workers": 0,
         "inflight": 0,
@@ -207,10 +209,21 @@ async def test_status_numbers(workers, redis_url, redis):
     assert rows["lab"]["workers"] == 1
     assert rows["lab"]["dead"] == 0
     assert rows["lab"]["rate"] > 0
+    # Each worker, and per method its calls and latencies.
+    (worker,) = rows["lab"]["worker_list"]
+    assert worker["pid"] > 0 and worker["processed"] > 0 and worker["uptime"] >= 0
+    echo = {m["method"]: m for m in rows["lab"]["methods"]}["echo"]
+    assert echo["calls"] > 0 and 0 < echo["p50_ms"] <= echo["p99_ms"]
+    assert rows["lab"]["error_rate"] == 0
 
     code, out, err = await aspark("status", "idle", "--sample", "0", "--redis", redis_url)
     assert code == 0, err
-    assert out.splitlines()[1].split() == ["idle", "0", "0", "6", "2", "1", "-"]
+    assert out.splitlines()[1].split()[:7] == ["idle", "0", "0", "6", "2", "1", "-"]
+
+    code, out, err = await aspark("status", "lab", "--sample", "0", "--redis", redis_url)
+    assert code == 0, err
+    assert "lab: workers" in out and "lab: methods" in out
+    assert str(worker["pid"]) in out
 
 
 @pytest.mark.topologies()
@@ -248,7 +261,7 @@ async def test_status_watch_until_interrupted(redis_url, redis):
             await ServiceQueue(redis, "idle").enqueue([Envelope(id="1", method="m").encode()])
             while json.loads(await proc.stdout.readline())[0]["backlog"] != 1:
                 pass
-        assert first == [
+        assert [{k: row[k] for k in FIGURES} for row in first] == [
             {
                 "service": "idle",
                 "workers": 0,

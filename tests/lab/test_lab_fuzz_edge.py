@@ -43,7 +43,7 @@ UNREACHABLE_METHODS = [
     "dispatch",
     "handle_rpc",
     "list_methods",
-    "rpc.discover",
+    "rpc.other",
     "rpc_echo",
     "_count",
     "redis",

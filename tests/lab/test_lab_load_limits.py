@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import re
 import time
 
 import aiohttp
@@ -23,6 +22,7 @@ from spark.client.broker_client import BrokerClient
 from spark.client.websocket import WebSocketTransport
 from spark.errors import OverloadedError, RpcTimeoutError
 from spark.runtime.edge import EdgeConfig, EdgeServer
+from support import metrics
 from support.lab import TARGET, EdgeProcess, apoll, raise_nofile, report, rss_bytes
 from support.processes import WorkerProcess
 
@@ -38,14 +38,10 @@ async def health(http: aiohttp.ClientSession, base: str) -> dict:
         return await r.json()
 
 
-async def metric(http: aiohttp.ClientSession, base: str, pattern: str) -> float:
+async def metric(http: aiohttp.ClientSession, base: str, name: str, **labels: str) -> float:
     async with http.get(f"{base}/metrics") as r:
         text = await r.text()
-    total = 0.0
-    for line in text.splitlines():
-        if re.match(pattern, line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metrics.value(text, name, **labels)
 
 
 @pytest.fixture
@@ -158,7 +154,7 @@ async def _flood(edge_port: int, http, base: str, count: int, size: int):
     silent = await SilentClient(edge_port).open()
     blob = "x" * size
     before = await metric(
-        http, base, r'spark_edge_requests_total\{service="lab",method="echo",transport="websocket"'
+        http, base, "spark_edge_requests_total", service="lab", method="echo", transport="websocket"
     )
     for i in range(count):
         silent.send(req("echo", {"blob": blob}, i))
@@ -172,18 +168,18 @@ async def _flood(edge_port: int, http, base: str, count: int, size: int):
 
 
 async def _answered_or_dropped(http, base: str, n: float) -> bool:
-    clients = await metric(http, base, r'spark_edge_websocket_clients\{service="lab"')
+    clients = await metric(http, base, "spark_edge_websocket_clients", service="lab")
     return clients == 0 or await _answered(http, base, n)
 
 
 async def _inflight_websocket(http, base: str, n: float) -> bool:
-    got = await metric(http, base, r'spark_edge_inflight_requests\{transport="websocket"')
+    got = await metric(http, base, "spark_edge_inflight_requests", transport="websocket")
     return got == n
 
 
 async def _answered(http, base: str, n: float) -> bool:
     got = await metric(
-        http, base, r'spark_edge_requests_total\{service="lab",method="echo",transport="websocket"'
+        http, base, "spark_edge_requests_total", service="lab", method="echo", transport="websocket"
     )
     return got >= n
 
@@ -259,7 +255,10 @@ async def test_a_client_that_never_reads_cannot_grow_the_edge_without_bound(redi
             answered = await metric(
                 http,
                 edge.http,
-                r'spark_edge_requests_total\{service="lab",method="echo",transport="websocket"',
+                "spark_edge_requests_total",
+                service="lab",
+                method="echo",
+                transport="websocket",
             )
             await apoll(
                 lambda: _inflight_websocket(http, edge.http, 0),

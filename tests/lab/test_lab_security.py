@@ -184,7 +184,7 @@ async def test_only_rpc_methods_are_reachable(redis_url):
         "dispatch",
         "handle_rpc",
         "list_methods",
-        "rpc.discover",
+        "rpc.other",
         "rpc_echo",
         "rpc_count",
         "_count",

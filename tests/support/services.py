@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Required, TypedDict
 
 import redis.asyncio as aioredis
 
@@ -157,3 +158,24 @@ class ResilienceRpcNode(LabRpcNode):
             raise
         await self._record(key, "finish")
         return {"via": [self.service, *result.get("via", [])]}
+
+
+class GreetParams(TypedDict, total=False):
+    name: Required[str]
+    shout: bool
+
+
+class DocumentedRpcNode(RpcNode):
+    """A service whose handlers document themselves (for rpc.discover)."""
+
+    async def rpc_add(self, a: int, b: int, context=None) -> int:
+        """Add two numbers.
+
+        Both are integers.
+        """
+        return a + b
+
+    async def rpc_greet(self, params: GreetParams, context) -> str:
+        """Greet someone by name."""
+        name = params["name"]
+        return name.upper() if params.get("shout") else name

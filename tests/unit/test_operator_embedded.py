@@ -171,8 +171,8 @@ async def test_status_counts(redis, memory_url, capsys):
     argv = ["status", "idle", "nogroup", "--json", "--redis", memory_url]
     assert await amain(argv) == 0
     rows = {r["service"]: r for r in out_json(capsys)}
-    assert rows["idle"] == {
-        "service": "idle",
+    idle = rows["idle"]
+    assert {k: idle[k] for k in ("workers", "inflight", "backlog", "pending", "dead", "rate")} == {
         "workers": 0,
         "inflight": 0,
         "backlog": 4,
@@ -180,6 +180,9 @@ async def test_status_counts(redis, memory_url, capsys):
         "dead": 1,
         "rate": None,
     }
+    assert idle["worker_list"] == [] and idle["methods"] == [] and idle["error_rate"] is None
+    # The oldest unfinished request was enqueued just now (measured on the broker's clock).
+    assert 0 <= idle["oldest_age"] < 60
     assert rows["nogroup"]["backlog"] == 1 and rows["nogroup"]["pending"] == 0
 
     assert await amain(["status", "--redis", memory_url]) == 0  # known services: "idle"
@@ -192,8 +195,24 @@ async def test_status_counts(redis, memory_url, capsys):
         "PENDING",
         "DEAD",
         "REQ/S",
+        "ERR%",
+        "P50",
+        "P99",
+        "OLDEST",
     ]
-    assert text.splitlines()[1].split() == ["idle", "0", "0", "4", "1", "1", "-"]
+    assert text.splitlines()[1].split()[:10] == [
+        "idle",
+        "0",
+        "0",
+        "4",
+        "1",
+        "1",
+        "-",
+        "-",
+        "-",
+        "-",
+    ]
+    assert text.splitlines()[1].split()[10].endswith("s")  # its age, e.g. 0.1s
 
 
 async def test_status_empty_broker(memory_url, capsys):
@@ -262,8 +281,13 @@ async def test_dlq_list(redis, memory_url, capsys):
     lines = text.splitlines()
     assert lines[0].split() == ["ID", "METHOD", "DELIVERIES", "WHEN", "ERROR"]
     assert ids[0] in lines[1] and "mark" in lines[1] and "the handler crashed" in lines[1]
-    assert "(2 of 4" in lines[-1]
+    assert "(2 of 4" in text
+    # Each error in full below the table.
+    assert f'{ids[0]}  {{"code":-32004,"message":"the handler crashed"}}' in lines
 
+    assert await amain(["dlq", "list", "other", "--redis", memory_url]) == 1
+    assert "unknown service 'other'" in capsys.readouterr().err
+    await ServiceQueue(redis, "other").ensure_group()  # known, with nothing dead-lettered
     assert await amain(["dlq", "list", "other", "--redis", memory_url]) == 0
     assert "no dead letters" in capsys.readouterr().out
 
@@ -382,3 +406,34 @@ def test_dev_server_checks_its_nodes():
     server = DevServer([ToolRpcNode(), ToolRpcNode(service="other")], port=0)
     assert server.services == ["tool", "other"]
     assert server.url == "memory://"
+
+
+# -- forget ----------------------------------------------------------------------------------------
+
+
+async def test_forget_removes_a_dead_service(redis, serve, memory_url, capsys):
+    await ServiceQueue(redis, "gone").ensure_group()
+    await redis.sadd("spark:services", "gone")
+    assert await amain(["forget", "gone", "--redis", memory_url]) == 0
+    assert "forgot gone" in capsys.readouterr().out
+    assert await amain(["status", "--json", "--sample", "0", "--redis", memory_url]) == 0
+    assert "gone" not in {r["service"] for r in out_json(capsys)}
+    assert await amain(["forget", "gone", "--redis", memory_url]) == 1
+    assert "unknown service 'gone'" in capsys.readouterr().err
+
+
+async def test_forget_keeps_what_would_be_lost_and_live_services(redis, serve, memory_url, capsys):
+    queue = ServiceQueue(redis, "busy")
+    await queue.ensure_group()
+    await redis.sadd("spark:services", "busy")
+    await queue.enqueue([Envelope(id="1", method="m").encode()])
+    assert await amain(["forget", "busy", "--redis", memory_url]) == 1
+    assert "still holds 1 request(s)" in capsys.readouterr().err
+    assert await amain(["forget", "busy", "--purge", "--json", "--redis", memory_url]) == 0
+    report = out_json(capsys)
+    assert report["forgotten"] and report["deleted_requests"] == 1
+    assert await redis.exists(ServiceKeys.for_service("busy").requests) == 0
+
+    await serve(ToolRpcNode())
+    assert await amain(["forget", "tool", "--redis", memory_url]) == 1
+    assert "1 live worker(s)" in capsys.readouterr().err

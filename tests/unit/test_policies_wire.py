@@ -42,7 +42,7 @@ def test_request_options_read_only_the_spark_member():
     plain = body({"jsonrpc": "2.0", "method": "a", "id": 1})
     assert request_options(plain, parse_body(plain)) is None
     one = body({"jsonrpc": "2.0", "method": "a", "id": 1, "spark": {"timeout": 1.5}})
-    assert request_options(one, parse_body(one)) == [(1.5, None)]
+    assert request_options(one, parse_body(one)) == [(1.5, None, None)]
     batch = body(
         {"jsonrpc": "2.0", "method": "a", "id": 1, "spark": {"idempotency_key": "k1"}},
         {"not": "a request"},
@@ -50,10 +50,15 @@ def test_request_options_read_only_the_spark_member():
         {"jsonrpc": "2.0", "method": "b", "id": 2},
     )
     assert request_options(batch.decode(), parse_body(batch)) == [
-        (None, "k1"),
-        (0.2, None),
-        (None, None),
+        (None, "k1", None),
+        (0.2, None, None),
+        (None, None, None),
     ]
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    traced = body(
+        {"jsonrpc": "2.0", "method": "a", "id": 1, "spark": {"trace": {"traceparent": parent}}}
+    )
+    assert request_options(traced, parse_body(traced)) == [(None, None, {"traceparent": parent})]
 
 
 @pytest.mark.parametrize(
@@ -66,9 +71,11 @@ def test_request_options_read_only_the_spark_member():
         {"idempotency_key": ""},
         {"idempotency_key": 5},
         {"idempotency_key": "x" * (MAX_IDEMPOTENCY_KEY + 1)},
+        {"trace": "00-not-an-object"},
+        {"trace": {"traceparent": 5}},
         "not an object",
     ],
 )
 def test_bad_request_options_are_ignored(member):
     data = body({"jsonrpc": "2.0", "method": "a", "id": 1, "spark": member})
-    assert request_options(data, parse_body(data)) == [(None, None)]
+    assert request_options(data, parse_body(data)) == [(None, None, None)]

@@ -26,9 +26,12 @@ def test_the_member_a_client_writes_is_the_one_the_edge_reads():
     doc = Request("m", {"a": 1}, 7).to_dict()
     doc[SPARK_MEMBER] = spark_member(2.5, "order-1")
     sent = orjson.loads(orjson.dumps(doc))
-    assert read_spark_member(sent, max_key_length=200) == (2.5, "order-1")
+    assert read_spark_member(sent, max_key_length=200) == (2.5, "order-1", None)
     doc[SPARK_MEMBER] = spark_member(-3)  # a budget already spent still says "a little"
-    assert read_spark_member(doc, max_key_length=200) == (0.001, None)
+    assert read_spark_member(doc, max_key_length=200) == (0.001, None, None)
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    doc[SPARK_MEMBER] = spark_member(1, None, trace)
+    assert read_spark_member(doc, max_key_length=200) == (1, None, trace)
 
 
 @pytest.mark.parametrize(
@@ -44,15 +47,18 @@ def test_the_member_a_client_writes_is_the_one_the_edge_reads():
         {"idempotency_key": ""},
         {"idempotency_key": 5},
         {"idempotency_key": "k" * 201},
+        {"trace": "00-not-an-object"},
+        {"trace": {"traceparent": 5}},
+        {"trace": {"traceparent": "x" * 129}},
     ],
 )
 def test_an_invalid_member_leaves_the_connections_defaults(member):
-    assert read_spark_member({SPARK_MEMBER: member}, max_key_length=200) == (None, None)
+    assert read_spark_member({SPARK_MEMBER: member}, max_key_length=200) == (None, None, None)
 
 
 def test_no_member_and_no_object():
-    assert read_spark_member({"method": "m"}, max_key_length=200) == (None, None)
-    assert read_spark_member([1, 2], max_key_length=200) == (None, None)
+    assert read_spark_member({"method": "m"}, max_key_length=200) == (None, None, None)
+    assert read_spark_member([1, 2], max_key_length=200) == (None, None, None)
 
 
 # -- what a WebSocket edge sends ----------------------------------------------------------------

@@ -189,7 +189,7 @@ async def test_method_not_found(url, client):
         with pytest.raises(MethodNotFoundError) as info:
             await client.call(SERVICE, "nope", {}, timeout=5)
         assert info.value.data == {"method": "nope", "available": LabRpcNode().list_methods()}
-        for name in ("__init__", "dispatch", "handle_rpc", "stop_server", "rpc.discover", ""):
+        for name in ("__init__", "dispatch", "handle_rpc", "stop_server", "rpc.nope", ""):
             with pytest.raises(MethodNotFoundError):
                 await client.call(SERVICE, name, {}, timeout=5)
 

@@ -1,9 +1,10 @@
 """The aiohttp application: routes, HTTP semantics, and a server to start and stop.
 
 Routes: `POST /{service}` and `GET /{service}/ws`; `POST /` and `GET /ws` for the default
-service; `GET /health`; `GET /metrics`. HTTP status codes carry transport facts only:
-JSON-RPC errors are 200 with an error body, no reply is 204, an oversize body is 413, a
-missing or wrong token 401, an unknown route or invalid service name 404; the bodies of
+service; `GET /health`; `GET /metrics`; `GET /dashboard` and its parts
+(spark.runtime.edge.dashboard). HTTP status codes carry transport facts only: JSON-RPC
+errors are 200 with an error body, no reply is 204, an oversize body is 413, a missing or
+wrong token 401, an unknown route or invalid service name 404; the bodies of
 413/401/404 are JSON-RPC error objects too, so a client can read them the same way.
 """
 
@@ -19,6 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import PayloadEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from spark import tracing
 from spark.broker.retrying import OutageLog
 from spark.errors import (
     InternalError,
@@ -30,10 +32,12 @@ from spark.errors import (
 )
 from spark.protocol import encode_error
 from spark.protocol.wire import IDEMPOTENCY_HEADER, TIMEOUT_HEADER, TIMEOUT_QUERY
+from spark.runtime.edge import dashboard
 from spark.runtime.edge.config import EdgeConfig
 from spark.runtime.edge.core import Edge, request_options, valid_service
 from spark.runtime.edge.security import server_ssl_context
 from spark.runtime.edge.websocket import serve_websocket
+from spark.runtime.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from spark.runtime.inprocess import InProcessService
@@ -114,6 +118,7 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
         idempotency_key=request.headers.get(IDEMPOTENCY_HEADER) or None,
         options=request_options(data, parsed),
         principal=edge.tokens.principal(request),
+        trace=tracing.carrier_of(request.headers) if tracing.ENABLED else None,
     )
     if body is None:
         return web.Response(status=204)
@@ -141,7 +146,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
         return _unauthorized()
     return web.Response(
         body=edge.metrics.render(),
-        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        headers={"Content-Type": CONTENT_TYPE},
     )
 
 
@@ -159,6 +164,7 @@ def make_app(edge: Edge) -> web.Application:
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
+    dashboard.setup(app, edge)
     app.router.add_post("/", handle_post)
     app.router.add_get("/ws", handle_ws)
     app.router.add_post("/{service}", handle_post)

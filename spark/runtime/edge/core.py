@@ -5,8 +5,9 @@ caller's JSON-RPC ids stay here: the broker uses its own request ids and `encode
 puts the caller's ids back. A batch's requests run concurrently.
 
 A request object may carry an extra member `"spark": {"timeout": seconds, "idempotency_key":
-key}` (the WebSocket transport sends it on every call; JSON-RPC ignores unknown members): its
-own budget (never more than the edge allows) and key. It is read only when present.
+key, "trace": {"traceparent": ...}}` (the WebSocket transport sends it on every call; JSON-RPC
+ignores unknown members): its own budget (never more than the edge allows), key and W3C trace
+context. It is read only when present. Plain HTTP clients send `traceparent` headers.
 
 When the caller goes away (an HTTP client disconnects, a WebSocket closes), requests still
 running are cancelled on the workers, except those with an idempotency key: a client may
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis.asyncio as aioredis
 
+from spark import tracing
 from spark.broker import UNREACHABLE, connect, registry, resolve_url
 from spark.broker.connection import is_cluster_url
 from spark.broker.keys import NOTIFY_PATTERN, ServiceKeys, check_name, client_channel
@@ -235,11 +237,13 @@ class Edge:
         client_id: str | None = None,
         options: list[RequestOptions] | None = None,
         principal: str | None = None,
+        trace: dict[str, str] | None = None,
     ) -> bytes | None:
         """The reply body for `parsed` (None when nothing is to be sent back).
 
-        `options` (from `request_options`) gives requests their own budget and key.
-        Idempotency keys are scoped to `principal` (see `TokenCheck.principal`).
+        `options` (from `request_options`) gives requests their own budget, key and trace
+        context; `trace` is the W3C context of the whole body (HTTP headers). Idempotency
+        keys are scoped to `principal` (see `TokenCheck.principal`).
         """
         for item in parsed.items:
             if isinstance(item, Response):
@@ -260,22 +264,28 @@ class Edge:
 
         if options is None and len(requests) == 1:  # the usual case, without the planning
             outcome = await self.one(
-                service, requests[0], transport, deadline, scoped(idempotency_key), client_id
+                service,
+                requests[0],
+                transport,
+                deadline,
+                scoped(idempotency_key),
+                trace,
+                client_id,
             )
             return encode_reply(parsed, [outcome])
 
-        def plan(i: int) -> tuple[float, str | None]:
+        def plan(i: int) -> tuple[float, str | None, dict[str, str] | None]:
             key = idempotency_key
             if key is not None and len(requests) > 1:
                 key = f"{key}:{i}"
             if options is None:
-                return deadline, scoped(key)
-            own_timeout, own_key = options[i]
+                return deadline, scoped(key), trace
+            own_timeout, own_key, own_trace = options[i]
             if own_timeout is not None:
                 own_deadline = now + min(own_timeout, timeout)
             else:
                 own_deadline = deadline
-            return own_deadline, scoped(own_key or key)
+            return own_deadline, scoped(own_key or key), own_trace or trace
 
         if len(requests) == 1:
             outcomes = [await self.one(service, requests[0], transport, *plan(0), client_id)]
@@ -302,9 +312,31 @@ class Edge:
         transport: str,
         deadline: float,
         idempotency_key: str | None,
+        trace: dict[str, str] | None,
         client_id: str | None,
     ) -> Any:
-        """One request's outcome: a result or an exception (returned, never raised)."""
+        """One request's outcome: a result or an exception (returned, never raised); under a
+        SERVER span continuing `trace` when tracing is on."""
+        if tracing.ENABLED and tracing.wanted(trace):
+            with tracing.server_span(
+                trace, service, req.method, req.id, name=f"edge {service}/{req.method}"
+            ) as span:
+                outcome = await self._one(
+                    service, req, transport, deadline, idempotency_key, client_id
+                )
+                span.answered(str(outcome.code) if isinstance(outcome, RpcError) else "ok")
+                return outcome
+        return await self._one(service, req, transport, deadline, idempotency_key, client_id)
+
+    async def _one(
+        self,
+        service: str,
+        req: Request,
+        transport: str,
+        deadline: float,
+        idempotency_key: str | None,
+        client_id: str | None,
+    ) -> Any:
         assert self.client is not None
         started = time.perf_counter()
         code = "ok"
