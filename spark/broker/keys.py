@@ -58,6 +58,8 @@ class ServiceKeys:
     worker_info: str
     notify: str
     cancel: str
+    #: WebSocket clients of the service connecting and disconnecting at an edge (pub/sub).
+    sockets: str
     #: Bytes of envelopes in the request stream (enqueue adds, finish subtracts).
     backlog_bytes: str
 
@@ -73,6 +75,7 @@ class ServiceKeys:
             worker_info=f"{base}:worker-info",
             notify=f"{PREFIX}:notify:{{{service}}}",
             cancel=f"{base}:cancel",
+            sockets=f"{base}:sockets",
             backlog_bytes=f"{base}:backlog-bytes",
         )
 

@@ -186,6 +186,11 @@ class Backoff:
     def succeeded(self) -> None:
         self.log.recovered()
 
+    def wait_after(self, failures: int) -> float:
+        """The policy's wait after the `failures`-th consecutive failure, for a caller that
+        schedules its next attempt itself (a connection gate that many callers share)."""
+        return self._wait(failures)
+
     def _wait(self, failures: int) -> float:
         """tenacity's wait after the `failures`-th consecutive failure."""
         state = RetryCallState(None, None, (), {})

@@ -29,6 +29,7 @@ from spark.cli.common import (
     install_stop_signals,
     listen_error,
     log_level,
+    positive,
     run,
     setup_logging,
     usage_exit,
@@ -64,25 +65,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ssl-ca-certs", help="CA bundle for client certificates: enables mutual TLS")
     p.add_argument(
         "--max-body-bytes",
-        type=int,
+        type=positive(int),
         default=_DEFAULTS.max_body_bytes,
         help="largest HTTP body / WebSocket message (default %(default)s)",
     )
     p.add_argument(
         "--max-batch",
-        type=int,
+        type=positive(int),
         default=_DEFAULTS.max_batch,
         help="largest JSON-RPC batch (default %(default)s)",
     )
     p.add_argument(
         "--max-backlog",
-        type=int,
+        type=positive(int),
         default=_DEFAULTS.max_backlog,
         help="requests a service's stream may hold before -32002 overloaded (default %(default)s)",
     )
     p.add_argument(
+        "--max-backlog-bytes",
+        type=positive(int),
+        default=_DEFAULTS.max_backlog_bytes,
+        help="bytes of requests a service's stream may hold before -32002 overloaded; "
+        "shared by every edge and client of the broker (default %(default)s)",
+    )
+    p.add_argument(
         "--request-timeout",
-        type=float,
+        type=positive(float),
         default=_DEFAULTS.request_timeout,
         help="default and largest seconds per request; X-Spark-Timeout may shorten it "
         "(default %(default)s)",
@@ -95,16 +103,37 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ws-max-inflight",
-        type=int,
+        type=positive(int),
         default=_DEFAULTS.ws_max_inflight,
         help="requests in flight per WebSocket connection (default %(default)s)",
     )
     p.add_argument(
+        "--ws-max-inflight-bytes",
+        type=positive(int),
+        default=_DEFAULTS.ws_max_inflight_bytes,
+        help="bytes of requests (notifications included) in flight per WebSocket connection; "
+        "one request always fits (default %(default)s)",
+    )
+    p.add_argument(
+        "--ws-max-queued",
+        type=positive(int),
+        default=_DEFAULTS.ws_max_queued,
+        help="notifications queued for one slow WebSocket client before new ones are dropped "
+        "(default %(default)s)",
+    )
+    p.add_argument(
         "--ws-max-outbox",
-        type=int,
+        type=positive(int),
         default=_DEFAULTS.ws_max_outbox,
         help="messages queued unread for one WebSocket client before it is disconnected "
         "with 1013 and its requests in flight cancelled (default %(default)s)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=positive(float),
+        default=_DEFAULTS.idle_timeout,
+        help="seconds a connection may go without a complete request (headers sent slowly or "
+        "never, an idle keep-alive connection) before it is closed (default %(default)s)",
     )
     p.add_argument(
         "--shutdown-timeout",
@@ -146,9 +175,13 @@ def config_from(args: argparse.Namespace) -> EdgeConfig:
         max_body_bytes=args.max_body_bytes,
         max_batch=args.max_batch,
         max_backlog=args.max_backlog,
+        max_backlog_bytes=args.max_backlog_bytes,
         request_timeout=args.request_timeout,
         ws_heartbeat=args.ws_heartbeat,
         ws_max_inflight=args.ws_max_inflight,
+        ws_max_inflight_bytes=args.ws_max_inflight_bytes,
+        idle_timeout=args.idle_timeout,
+        ws_max_queued=args.ws_max_queued,
         ws_max_outbox=args.ws_max_outbox,
         shutdown_timeout=args.shutdown_timeout,
         protect_metrics=not args.public_metrics,

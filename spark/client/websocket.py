@@ -6,9 +6,12 @@ dropped; it is never mistaken for a notification, which has no id). Messages wit
 and no id are server-pushed notifications, given to `on_notification(method, params)`.
 
 When the connection drops, calls waiting on it fail with `RpcConnectionError` (their
-outcome is unknown: retry with an idempotency key); the next call reconnects, backing off
-after consecutive failures. When `on_notification` is set, the transport also reconnects by
-itself in the background so notifications keep coming.
+outcome is unknown: retry with an idempotency key); the next call reconnects. Attempts are
+spaced by the project's one backoff policy (`spark.broker.retrying.Backoff`: jittered
+exponential waits), shared by every call on the transport; a call whose deadline falls
+within the wait fails at once. When `on_notification` is set, the transport also reconnects
+by itself in the background so notifications keep coming, logging the outage at the
+policy's steady rate; it stops when the edge refuses the credentials (401).
 
 Each request carries its deadline (as seconds left) and idempotency key in an extra member
 the edge reads, `"spark": {"timeout": 2.5, "idempotency_key": "..."}` (JSON-RPC servers
@@ -30,6 +33,7 @@ import aiohttp
 import orjson
 
 from spark import tracing
+from spark.broker.retrying import Backoff
 from spark.client.http import CONNECTION_ERRORS, _Base, remaining
 from spark.client.transport import Call, CallOutcome
 from spark.errors import RpcConnectionError, RpcError, RpcTimeoutError, UnauthorizedError
@@ -41,9 +45,8 @@ log = logging.getLogger("spark.client.ws")
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
 
-
-def backoff(failures: int) -> float:
-    return min(BACKOFF_MIN * 2 ** max(failures - 1, 0), BACKOFF_MAX)
+#: What the background reconnect retries: the edge unreachable, or no handshake in time.
+RECONNECTABLE: tuple[type[Exception], ...] = (RpcConnectionError, RpcTimeoutError)
 
 
 def _request_doc(
@@ -66,8 +69,16 @@ class WebSocketTransport(_Base):
         self._reconnector: asyncio.Task | None = None
         self._lock: asyncio.Lock | None = None
         self._pending: dict[int, asyncio.Future] = {}
+        #: Consecutive failed attempts (by calls or the reconnect), and when the next may go.
         self._failures = 0
         self._next_attempt = 0.0
+        self._backoff = Backoff(
+            f"reconnecting to {self.ws_url}",
+            logger=log,
+            retry_on=RECONNECTABLE,
+            base=BACKOFF_MIN,
+            max_wait=BACKOFF_MAX,
+        )
         #: Replies that matched no waiting call (late or unknown ids), dropped.
         self.dropped_replies = 0
         #: Connections opened so far (1 + reconnects).
@@ -129,7 +140,7 @@ class WebSocketTransport(_Base):
 
     def _failed(self) -> None:
         self._failures += 1
-        self._next_attempt = time.monotonic() + backoff(self._failures)
+        self._next_attempt = time.monotonic() + self._backoff.wait_after(self._failures)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
@@ -160,12 +171,20 @@ class WebSocketTransport(_Base):
                 self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        """Keep a connection open for notifications, backing off while the edge is away."""
+        """Keep a connection open for notifications while the edge is away. `connect()`
+        waits out the policy's backoff; the policy's log says how the outage goes."""
+        outage = self._backoff.log
         while not self._closed and not self.connected:
             try:
                 await self.connect()
-            except (RpcError, RpcConnectionError) as exc:
-                log.debug("reconnecting to %s failed: %s", self.ws_url, exc)
+            except UnauthorizedError as exc:
+                # Retrying cannot change the answer; the next call tries again.
+                log.error("stopped reconnecting to %s: %s", self.ws_url, exc)
+                return
+            except RECONNECTABLE as exc:
+                outage.failed(exc)
+        if self.connected:
+            outage.recovered()
 
     async def _received(self, data: str | bytes) -> None:
         try:

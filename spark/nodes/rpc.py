@@ -33,6 +33,7 @@ from spark.errors import (
 )
 from spark.nodes.base import Node
 from spark.nodes.types import ExecutionContext, NodeMessage
+from spark.runtime.presence import default_hook
 
 log = logging.getLogger("spark.rpc")
 
@@ -231,11 +232,20 @@ class RpcNode(Node):
         """The ExecutionContext of the request being handled (from hooks and handlers)."""
         return _current_context.get()
 
+    @default_hook
     async def on_websocket_connect(self, client_id: str, websocket: Any) -> None:
-        """Runs when a WebSocket client connects to the edge serving this node in-process."""
+        """Runs when a WebSocket client of this service connects to an edge.
 
+        Served in-process (`start_server()` without a broker): the edge calls it with the
+        aiohttp socket before reading the client's first request. Served by workers (behind
+        `spark-edge`, or `start_server()` with a `redis_url`): every worker of the service
+        runs it when the edge announces the client, with `websocket=None` (the socket is in
+        the edge's process; use `send_notification_to_client(client_id, ...)`).
+        """
+
+    @default_hook
     async def on_websocket_disconnect(self, client_id: str, websocket: Any = None) -> None:
-        """Runs when that client disconnects."""
+        """Runs when that client disconnects (the same way as `on_websocket_connect`)."""
 
     # -- dispatch ----------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
@@ -91,3 +92,43 @@ class ServiceAware(Protocol):
     """A served target that learns the service name it is served under."""
 
     service: str | None
+
+
+@runtime_checkable
+class Starts(Protocol):
+    """A served target with a hook run before its first request (plain or async)."""
+
+    def on_start(self) -> Any: ...
+
+
+@runtime_checkable
+class Stops(Protocol):
+    """A served target with a hook run after its last request drained (plain or async)."""
+
+    def on_stop(self) -> Any: ...
+
+
+def bind(target: object, host: Any, service: str) -> None:
+    """What serving gives a target: its host as `runtime` (HostAware) and the name it is
+    served under as `service` (ServiceAware: its notifications go to that service's clients)."""
+    if isinstance(target, HostAware):
+        target.runtime = host
+    if isinstance(target, ServiceAware):
+        target.service = service
+
+
+async def call_on_start(target: object) -> None:
+    """Run the target's `on_start` hook, if it has one."""
+    if isinstance(target, Starts):
+        await _completed(target.on_start())
+
+
+async def call_on_stop(target: object) -> None:
+    """Run the target's `on_stop` hook, if it has one."""
+    if isinstance(target, Stops):
+        await _completed(target.on_stop())
+
+
+async def _completed(result: Any) -> None:
+    if inspect.isawaitable(result):
+        await result

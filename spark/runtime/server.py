@@ -13,38 +13,70 @@ Two ways, one behaviour for callers:
   broker, so the node is one more worker of its service, reachable over the broker
   (`transport="redis"`) as well as over HTTP and WebSocket.
 
-The node is duck-typed (anything with `handle_rpc`, `service`, `runtime`): the runtime
-never imports spark.nodes.
+The node is typed by what the server reads from it, `ServedNode` (an RpcNode is one), and
+given its runtime and service name like a worker's target (`spark.runtime.host.bind`): the
+runtime never imports spark.nodes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from spark.broker import resolve_url
 from spark.broker.connection import ENV_URL
 from spark.broker.queue import DEFAULT_MAX_BACKLOG
 from spark.runtime.edge import EdgeConfig, EdgeServer
+from spark.runtime.host import Servable, bind, call_on_start, call_on_stop
 from spark.runtime.inprocess import InProcessHost, InProcessService
-from spark.runtime.worker import WorkerConfig, _hook, run_worker, service_of
+from spark.runtime.presence import socket_hook
+from spark.runtime.worker import WorkerConfig, run_worker, service_of
 
 log = logging.getLogger("spark.server")
 
 _WORKER_DEFAULTS = WorkerConfig(service="-")
 
 
+@runtime_checkable
+class ServedNode(Servable, Protocol):
+    """What `NodeServer` reads from the node it serves (an RpcNode's constructor arguments
+    and WebSocket hooks). Read-only here: the server never changes them."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def ssl_certfile(self) -> str | None: ...
+
+    @property
+    def ssl_keyfile(self) -> str | None: ...
+
+    @property
+    def ssl_ca_certs(self) -> str | None: ...
+
+    @property
+    def redis_url(self) -> str | None: ...
+
+    async def on_websocket_connect(self, client_id: str, websocket: Any) -> None: ...
+
+    async def on_websocket_disconnect(self, client_id: str, websocket: Any = None) -> None: ...
+
+
 class NodeServer:
-    def __init__(self, node: Any, **edge_options: Any):
+    def __init__(self, node: ServedNode, **edge_options: Any):
         """`edge_options` are extra `EdgeConfig` fields (auth_tokens, max_body_bytes...),
         and `worker_options` (a dict of `WorkerConfig` fields; in-process only
         `concurrency`, `grace` and `idempotency_ttl` apply)."""
+        if not isinstance(node, ServedNode):
+            raise TypeError(f"{type(node).__name__} cannot be served by start_server()")
         self.node = node
-        explicit = getattr(node, "redis_url", None) or os.environ.get(ENV_URL)
+        explicit = node.redis_url or os.environ.get(ENV_URL)
         #: Whether the node is served in this process with no broker (see the module doc).
         self.in_process = not explicit
         self.url = resolve_url(explicit) if explicit else None
@@ -70,17 +102,21 @@ class NodeServer:
         node = self.node
         config = EdgeConfig(
             redis_url=self.url,
-            host=getattr(node, "host", "127.0.0.1"),
-            port=getattr(node, "port", 8000),
+            host=node.host,
+            port=node.port,
             default_service=self.service,
-            ssl_certfile=getattr(node, "ssl_certfile", None),
-            ssl_keyfile=getattr(node, "ssl_keyfile", None),
-            ssl_ca_certs=getattr(node, "ssl_ca_certs", None),
+            ssl_certfile=node.ssl_certfile,
+            ssl_keyfile=node.ssl_keyfile,
+            ssl_ca_certs=node.ssl_ca_certs,
             **self.edge_options,
         )
         edge = EdgeServer(config, local=local)
-        edge.edge.on_connect = _hook_of(node, "on_websocket_connect")
-        edge.edge.on_disconnect = _hook_of(node, "on_websocket_disconnect")
+        if local is not None:
+            # In-process the edge runs the hooks itself, with the socket. Through a broker
+            # the node's worker runs them from the edge's presence messages, like every
+            # worker of the service (spark.runtime.presence): `ws` is None there.
+            edge.edge.on_connect = socket_hook(node.on_websocket_connect)
+            edge.edge.on_disconnect = socket_hook(node.on_websocket_disconnect)
         return edge
 
     async def start(self) -> NodeServer:
@@ -112,12 +148,8 @@ class NodeServer:
         host = InProcessHost(
             edge.edge.on_notification, service=self.service, threads=local.concurrency
         )
-        # What run_worker does for a worker: the node learns its runtime and service name.
-        if hasattr(node, "runtime"):
-            node.runtime = host
-        if hasattr(node, "service"):
-            node.service = self.service
-        await _hook(node, "on_start")
+        bind(node, host, self.service)  # as run_worker does for a worker's target
+        await call_on_start(node)
         self._local, self._host = local, host
         try:
             self.edge = await edge.start()
@@ -180,7 +212,7 @@ class NodeServer:
             return
         try:
             await local.drain()
-            await _hook(self.node, "on_stop")
+            await call_on_stop(self.node)
         finally:
             if host is not None:
                 await host.aclose()
@@ -190,26 +222,3 @@ class NodeServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def _hook_of(node: Any, name: str) -> Any:
-    """The node's `name(client_id, ws)` hook, called with `(client_id)` alone when that is
-    all it takes (both forms appear in upstream's docs); None when it has none."""
-    hook = getattr(node, name, None)
-    if hook is None:
-        return None
-    try:
-        positional = [
-            p
-            for p in inspect.signature(hook).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-        ]
-    except (TypeError, ValueError):
-        positional = []
-    if len(positional) == 1:
-
-        async def call_with_id(client_id: str, _ws: Any) -> None:
-            await hook(client_id)
-
-        return call_with_id
-    return hook

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import socket
@@ -38,6 +37,7 @@ from spark.broker import (
     ServiceQueue,
     connect,
     is_memory,
+    presence,
     registry,
     replies,
     resolve_url,
@@ -65,11 +65,19 @@ from spark.errors import (
 )
 from spark.runtime.cancellation import CANCEL_MEMORY, CancellationIndex
 from spark.runtime.discovery import answering_discover
-from spark.runtime.host import HostAware, Servable, ServiceAware, ServiceHost
+from spark.runtime.host import (
+    Servable,
+    ServiceAware,
+    ServiceHost,
+    bind,
+    call_on_start,
+    call_on_stop,
+)
 from spark.runtime.idempotency import IdempotencyGate
 from spark.runtime.lease import LeaseKeeper
 from spark.runtime.metrics import WorkerMetrics
 from spark.runtime.observe import WorkerObserver
+from spark.runtime.presence import PresenceHooks, wants_presence
 from spark.runtime.reply_writer import Done, ReplyWriter
 
 log = logging.getLogger("spark.worker")
@@ -109,8 +117,17 @@ class WorkerConfig:
 
 
 class Worker:
-    def __init__(self, handler: Handler, config: WorkerConfig, url: str):
+    def __init__(
+        self,
+        handler: Handler,
+        config: WorkerConfig,
+        url: str,
+        *,
+        on_presence: Callable[[Notification], None] | None = None,
+    ):
         self.handler = handler
+        #: Given the edges' "WebSocket client connected / left" messages (spark.broker.presence).
+        self.on_presence = on_presence
         self.config = config
         self.url = url
         self.redis: aioredis.Redis | None = None
@@ -210,9 +227,11 @@ class Worker:
             lambda: list(self._inflight),
             reclaim_after=cfg.reclaim_after,
         )
-        self._cancels = NotificationListener(
-            self.url, self._on_cancel, channels=[self.queue.keys.cancel]
-        )
+        # One pub/sub connection for what callers and edges tell every worker of the service.
+        channels = [self.queue.keys.cancel]
+        if self.on_presence is not None:
+            channels.append(self.queue.keys.sockets)
+        self._cancels = NotificationListener(self.url, self._on_cancel, channels=channels)
         if cfg.metrics_port is not None:
             self.metrics = WorkerMetrics(
                 cfg.service, self.observer.stats, lambda: len(self._inflight), lambda: self.backlog
@@ -466,6 +485,8 @@ class Worker:
 
     def _on_cancel(self, note: Notification) -> None:
         if note.method != cancelling.METHOD:
+            if self.on_presence is not None and note.method in presence.METHODS:
+                self.on_presence(note)
             return
         for entry_id in self._cancellation.apply(
             cancelling.parse(note.params), lambda e: e in self._inflight
@@ -635,10 +656,10 @@ class Worker:
             log.warning("left %d requests to be reclaimed after the grace period", len(pending))
 
 
-def service_of(target: Any, service: str | None = None) -> str:
-    return (
-        service or getattr(target, "service", None) or default_service_name(type(target).__name__)
-    )
+def service_of(target: object, service: str | None = None) -> str:
+    """`service`, else the name the target declares, else one made from its class name."""
+    declared = target.service if isinstance(target, ServiceAware) else None
+    return service or declared or default_service_name(type(target).__name__)
 
 
 async def run_worker(
@@ -659,14 +680,15 @@ async def run_worker(
     url = resolve_url(url)
     name = service_of(target, service)
     host = ServiceHost(url, service=name, threads=options.get("concurrency", 16))
-    if isinstance(target, HostAware):
-        target.runtime = host
-    if isinstance(target, ServiceAware):
-        # Served under this name: its notifications go to this service's clients.
-        target.service = name
-    await _hook(target, "on_start")
-    handler = answering_discover(target.handle_rpc, target, name)
-    worker = Worker(handler, WorkerConfig(service=name, **options), url)
+    bind(target, host, name)
+    await call_on_start(target)
+    hooks = PresenceHooks(target) if wants_presence(target) else None
+    worker = Worker(
+        answering_discover(target.handle_rpc, target, name),
+        WorkerConfig(service=name, **options),
+        url,
+        on_presence=hooks.deliver if hooks is not None else None,
+    )
     serving = asyncio.create_task(worker.serve())
     # `stop` counts from the start: a worker still waiting for Redis stops when asked.
     stopper = asyncio.create_task(stop.wait()) if stop is not None else None
@@ -689,15 +711,8 @@ async def run_worker(
         worker.stop()
         await serving
         try:
-            await _hook(target, "on_stop")
+            if hooks is not None:
+                await hooks.aclose()
+            await call_on_stop(target)
         finally:
             await host.aclose()
-
-
-async def _hook(target: Any, name: str) -> None:
-    """Call the target's lifecycle hook (`on_start` before serving, `on_stop` after draining)."""
-    hook = getattr(target, name, None)
-    if hook is not None:
-        result = hook()
-        if inspect.isawaitable(result):
-            await result

@@ -211,7 +211,7 @@ async def test_websocket_notifications_reach_on_notification(edge):
         assert a.client_id and a.client_id != b.client_id
 
 
-async def test_websocket_reconnects_after_the_edge_restarts(redis_url):
+async def test_websocket_reconnects_after_the_edge_restarts(redis_url, caplog):
     port = free_port()
     config = EdgeConfig(redis_url=redis_url, port=port, default_service="chat")
     async with serving(redis_url):
@@ -225,15 +225,51 @@ async def test_websocket_reconnects_after_the_edge_restarts(redis_url):
             await server.stop()
             with pytest.raises(RpcConnectionError):
                 await pending
-            server = await EdgeServer(
-                EdgeConfig(redis_url=redis_url, port=port, default_service="chat")
-            ).start()
-            # The background reconnect (on_notification is set) brings the socket back...
-            await poll(lambda: t.connected, timeout=15, what="reconnected")
+            # While the edge is away, the reconnect backs off on the one policy, and says
+            # so at its steady rate (the first failure at once), not once per attempt.
+            outage = t._backoff.log
+            with caplog.at_level("WARNING", logger="spark.client.ws"):
+                await poll(lambda: outage.failures >= 5, timeout=30, what="5 failed attempts")
+                server = await EdgeServer(
+                    EdgeConfig(redis_url=redis_url, port=port, default_service="chat")
+                ).start()
+                # The background reconnect (on_notification is set) brings the socket back...
+                await poll(lambda: t.connected, timeout=15, what="reconnected")
+            lines = [r.getMessage() for r in caplog.records if r.name == "spark.client.ws"]
+            assert lines[0].startswith(f"reconnecting to {t.ws_url} failed (RpcConnectionError")
+            assert lines[-1].startswith(f"reconnecting to {t.ws_url} recovered after")
+            assert len(lines) < 5 + 1  # the failures (at least 5), and the recovery
             assert t.connections == 2
             # ...and calls work again on it.
             assert await t.call("echo", {"back": 1}, deadline=soon()) == {"back": 1}
             assert t.connections == 2
+        finally:
+            await t.aclose()
+            await server.stop()
+
+
+async def test_websocket_reconnect_stops_when_the_edge_refuses_the_token(redis_url, caplog):
+    port = free_port()
+    config = EdgeConfig(redis_url=redis_url, port=port, default_service="chat")
+    async with serving(redis_url):
+        server = await EdgeServer(
+            EdgeConfig(redis_url=redis_url, port=port, default_service="chat", auth_tokens=["a"])
+        ).start()
+        t = WebSocketTransport(
+            server.url, headers={"Authorization": "Bearer a"}, on_notification=print
+        )
+        try:
+            assert await t.call("echo", {}, deadline=soon()) == {}
+            await server.stop()
+            config.auth_tokens = ["b"]  # the edge comes back with another token
+            server = await EdgeServer(config).start()
+            with caplog.at_level("ERROR", logger="spark.client.ws"):
+                await poll(lambda: t._reconnector.done(), timeout=30, what="reconnect ended")
+            assert not t.connected
+            assert any("stopped reconnecting" in r.getMessage() for r in caplog.records)
+            # Calls still try (and are told why they fail).
+            with pytest.raises(UnauthorizedError):
+                await t.call("echo", {}, deadline=soon())
         finally:
             await t.aclose()
             await server.stop()

@@ -160,6 +160,22 @@ class ResilienceRpcNode(LabRpcNode):
         return {"via": [self.service, *result.get("via", [])]}
 
 
+class PresenceRpcNode(LabRpcNode):
+    """Hears of WebSocket clients through the edge's presence messages: greets each one from
+    every worker, and records in Redis (readable across processes) who left, and what `ws`
+    the hooks were given."""
+
+    async def on_websocket_connect(self, client_id, websocket):
+        await self.redis.rpush(f"lab:presence:{client_id}", f"connect:{os.getpid()}:{websocket}")
+        await self.send_notification_to_client(client_id, "welcome", {"pid": os.getpid()})
+
+    async def on_websocket_disconnect(self, client_id, websocket):
+        await self.redis.rpush(f"lab:presence:{client_id}", f"disconnect:{os.getpid()}:{websocket}")
+
+    async def rpc_pid(self, params, context):
+        return os.getpid()
+
+
 class GreetParams(TypedDict, total=False):
     name: Required[str]
     shout: bool

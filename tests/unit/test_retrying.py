@@ -125,3 +125,12 @@ async def test_until_not_none_waits_for_an_answer_and_gives_up_in_time():
         return None
 
     assert await until_not_none(always_busy, within=0.05, base=0.001, max_wait=0.01) is None
+
+
+def test_wait_after_is_the_policys_jittered_exponential_wait():
+    backoff = Backoff("x", base=0.05, max_wait=5.0)
+    for failures in range(1, 12):
+        ceiling = min(5.0, 0.05 * 2 ** (failures - 1))
+        waits = [backoff.wait_after(failures) for _ in range(50)]
+        assert all(0 <= w <= ceiling for w in waits), failures
+        assert len(set(waits)) > 1  # jittered: callers that failed together spread out

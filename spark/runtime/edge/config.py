@@ -72,6 +72,7 @@ class EdgeConfig:
             self.ws_max_inflight,
             self.ws_max_inflight_bytes,
             self.idle_timeout,
+            self.ws_max_queued,
             self.ws_max_outbox,
         )
         if any(not limit > 0 for limit in limits):

@@ -17,6 +17,7 @@ come back with the key (a retry) and is then answered from that run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -27,11 +28,13 @@ import orjson
 import redis.asyncio as aioredis
 
 from spark import tracing
-from spark.broker import UNREACHABLE, connect, registry, resolve_url
+from spark.aio import cancel_and_wait, reraise_cancellation
+from spark.broker import UNREACHABLE, connect, presence, registry, resolve_url
 from spark.broker.connection import is_cluster_url
 from spark.broker.keys import NOTIFY_PATTERN, ServiceKeys, check_name, client_channel
 from spark.broker.memory import memory_status
 from spark.broker.notify import Notification, NotificationListener
+from spark.broker.retrying import REDIS_ERRORS
 from spark.client.broker_client import BrokerClient
 from spark.errors import (
     InternalError,
@@ -40,6 +43,7 @@ from spark.errors import (
     ServiceUnavailableError,
     TransportError,
 )
+from spark.lru import LruDict
 from spark.protocol import Parsed, Request, Response, encode_reply, parse_body
 from spark.protocol.wire import SPARK_MEMBER, RequestOptions, read_spark_member
 from spark.runtime.edge.config import EdgeConfig
@@ -51,6 +55,18 @@ if TYPE_CHECKING:
     from spark.runtime.inprocess import InProcessService
 
 log = logging.getLogger("spark.edge")
+
+#: Seconds an edge spends telling workers that a WebSocket client came or went.
+ANNOUNCE_TIMEOUT = 1.0
+#: Services remembered as having no listening worker (callers name any number).
+MAX_UNHEARD = 1024
+#: Announcements waiting to be published (Redis slow or down) before new ones are dropped.
+MAX_ANNOUNCEMENTS = 10_000
+#: Announcements published in one pipeline at most.
+ANNOUNCE_BATCH = 100
+#: Seconds an edge stops announcing a service's sockets after no worker heard one (its
+#: workers have no WebSocket hooks): a service without hooks costs one PUBLISH a second.
+UNHEARD_SECONDS = 1.0
 
 #: Longest idempotency key accepted (it becomes part of a Redis key).
 MAX_IDEMPOTENCY_KEY = 200
@@ -122,6 +138,16 @@ class Edge:
         #: each WebSocket connection (a node served in-process: its upstream-style hooks).
         self.on_connect: Callable[[str, Any], Awaitable[None]] | None = None
         self.on_disconnect: Callable[[str, Any], Awaitable[None]] | None = None
+        #: (service, method, client id) of WebSocket arrivals and departures to publish for
+        #: the workers (spark.broker.presence), in order, off the connections' path.
+        self._announcements: asyncio.Queue[presence.Announcement] | None = None
+        self._announcer: asyncio.Task[None] | None = None
+        #: Announcements dropped because Redis fell MAX_ANNOUNCEMENTS behind.
+        self.announcements_dropped = 0
+        #: Announcements not published: no worker of their service listened a moment ago.
+        self.announcements_skipped = 0
+        self._unheard: LruDict[str, float] = LruDict(MAX_UNHEARD)
+        self._announcements_behind = False
 
     # -- lifecycle (an aiohttp cleanup context) ------------------------------------------------
 
@@ -144,6 +170,8 @@ class Edge:
         )
         # Bounded wait: with Redis down the edge still starts (and /health says 503).
         await self.listener.start(timeout=5.0)
+        self._announcements = asyncio.Queue(MAX_ANNOUNCEMENTS)
+        self._announcer = asyncio.create_task(self._announce(), name="spark-edge-announcer")
 
     async def close_sockets(self) -> None:
         for conn in list(self.sockets.values()):
@@ -151,6 +179,13 @@ class Edge:
 
     async def close(self) -> None:
         await self.close_sockets()
+        if self._announcer is not None and self._announcements is not None:
+            # The departures of the sockets just closed, while Redis is still open.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ANNOUNCE_TIMEOUT):
+                    await self._announcements.join()
+            await cancel_and_wait(self._announcer)
+            self._announcer = None
         if self.listener is not None:
             await self.listener.aclose()
         if self.client is not None and self.local is None:
@@ -176,6 +211,51 @@ class Edge:
             await self.listener.add(
                 client_channel(conn.client_id), ServiceKeys.for_service(conn.service).notify
             )
+
+    def announce(self, conn: WsConnection, method: str) -> None:
+        """Tell the workers of the connection's service that it connected or left
+        (`spark.broker.presence`), when there is a broker. Queued, never waited for."""
+        if self._announcements is None:
+            return
+        until = self._unheard.get(conn.service)
+        if until is not None and until > time.monotonic():
+            self.announcements_skipped += 1
+            return
+        try:
+            self._announcements.put_nowait((conn.service, method, conn.client_id))
+        except asyncio.QueueFull:
+            self.announcements_dropped += 1
+            if not self._announcements_behind:  # one line per episode
+                self._announcements_behind = True
+                log.warning("redis is %d presence messages behind: dropping", MAX_ANNOUNCEMENTS)
+
+    async def _announce(self) -> None:
+        """Publish the queued announcements, in order (it matters to the hooks), as many as
+        are waiting at once. Best effort: what Redis does not take within
+        ANNOUNCE_TIMEOUT is lost."""
+        assert self._announcements is not None and self.redis is not None
+        queue, redis = self._announcements, self.redis
+        while True:
+            if queue.empty():
+                self._announcements_behind = False
+            batch = [await queue.get()]
+            while not queue.empty() and len(batch) < ANNOUNCE_BATCH:
+                batch.append(queue.get_nowait())
+            try:
+                async with asyncio.timeout(ANNOUNCE_TIMEOUT):
+                    heard = await presence.publish_many(redis, batch)
+                now = time.monotonic()
+                for (service, _, _), listeners in zip(batch, heard, strict=True):
+                    if listeners:
+                        self._unheard.pop(service, None)
+                    else:
+                        self._unheard[service] = now + UNHEARD_SECONDS
+            except (TimeoutError, *REDIS_ERRORS) as exc:
+                reraise_cancellation()
+                log.debug("%d websocket announcements lost (%s)", len(batch), exc)
+            finally:
+                for _ in batch:
+                    queue.task_done()
 
     def unregister(self, conn: WsConnection) -> None:
         if self.sockets.pop(conn.client_id, None) is None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from spark.broker import presence
 from spark.protocol.wire import CLIENT_ID_HEADER, TIMEOUT_HEADER, TIMEOUT_QUERY
 from spark.runtime.edge.core import Edge, request_options
 
@@ -228,6 +229,7 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
     conn.start()
     try:
         await _hook(edge.on_connect, conn.client_id, ws)
+        edge.announce(conn, presence.CONNECT)
         async for msg in ws:
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                 conn.received(msg.data)
@@ -237,6 +239,7 @@ async def serve_websocket(edge: Edge, request: web.Request, service: str) -> web
     finally:
         await conn.finish()
         await _hook(edge.on_disconnect, conn.client_id, ws)
+        edge.announce(conn, presence.DISCONNECT)
     return ws
 
 
