@@ -11,7 +11,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-async def cancel_and_wait(*tasks: asyncio.Task[Any] | None, timeout: float = 10.0) -> None:
+async def cancel_and_wait(*tasks: asyncio.Future[Any] | None, timeout: float = 10.0) -> None:
     """Cancel tasks and wait until they are done, cancelling again while they are not.
 
     redis-py (8.x asyncio) can swallow a cancellation that lands while a reply is being

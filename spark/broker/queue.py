@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from spark.broker.envelope import FIELD
-from spark.broker.keys import GROUP, SERVICES, ServiceKeys
+from spark.broker.keys import GROUP, SERVICES, ServiceKeys, reply_key
+from spark.broker.replies import FIELD as REPLY_FIELD
 from spark.broker.resp import ClaimedEntries, Fields, PendingRow, StreamsReply
 from spark.broker.scripts import script
 from spark.errors import OverloadedError
@@ -65,6 +66,7 @@ class ServiceQueue:
         self.max_backlog = max_backlog
         self.max_backlog_bytes = max_backlog_bytes
         self._enqueue = script(redis, "enqueue")
+        self._reply_finish = script(redis, "reply_finish")
 
     @property
     def service(self) -> str:
@@ -222,6 +224,46 @@ class ServiceQueue:
         if nbytes:
             pipe.decrby(self.keys.backlog_bytes, nbytes)
         await pipe.execute()
+
+    async def reply_and_finish(
+        self,
+        replies: Sequence[tuple[str, bytes]],
+        stored: Sequence[tuple[str, bytes | None, int]],
+        entries: Sequence[tuple[bytes, int, int]],
+        *,
+        reply_ttl: int,
+    ) -> list[bool]:
+        """Write replies (client id, payload) and stored results (key, payload or None to
+        release it, ttl), then finish entries (id, envelope bytes, 1-based index of their
+        reply, 0 for none), in one round trip (`lua/reply_finish.lua`).
+
+        An entry is finished only when its reply was written; returns, per reply, whether
+        it was. Not on a Redis Cluster, where reply streams are in other slots than the
+        service's keys (see `replies.push` and `finish` there).
+        """
+        args: list[bytes | str | int] = [
+            GROUP,
+            REPLY_FIELD,
+            reply_ttl,
+            len(replies),
+            len(stored),
+            len(entries),
+        ]
+        for _key, payload, seconds in stored:
+            args += (0, b"") if payload is None else (seconds, payload)
+        args += [payload for _client, payload in replies]
+        for entry_id, nbytes, reply in entries:
+            args += (entry_id, nbytes, reply)
+        written = await self._reply_finish(
+            keys=[
+                self.keys.requests,
+                self.keys.backlog_bytes,
+                *(reply_key(client) for client, _payload in replies),
+                *(key for key, _payload, _seconds in stored),
+            ],
+            args=args,
+        )
+        return [bool(w) for w in written]
 
     async def dead_letter(self, entry: Entry, error: dict[str, Any], consumer: str) -> None:
         """Move an entry to the dead-letter stream with its last error, then finish it."""

@@ -10,6 +10,7 @@ dropped, so exactly one reply reaches each caller.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
@@ -54,6 +55,8 @@ DEFAULT_TIMEOUT = 30.0
 LIVENESS_CACHE_SECONDS = 1.0
 #: Seconds one BLPOP waits; bounds how long the reader takes to notice it should stop.
 READ_BLOCK_SECONDS = 1.0
+#: Seconds without calls after which the replies read are trimmed (else every TRIM_EVERY).
+IDLE_TRIM_SECONDS = 1.0
 #: Services whose queue handle and liveness are kept (least recently used ones are
 #: dropped): callers of an edge can name any number of services.
 MAX_SERVICES = 1024
@@ -96,6 +99,7 @@ class BrokerClient:
         #: Set while calls wait for replies; the reader sleeps on it otherwise.
         self._wanted = asyncio.Event()
         self._liveness: LruDict[str, tuple[float, int]] = LruDict(MAX_SERVICES)
+        self._liveness_checks: dict[str, asyncio.Future[tuple[float, int]]] = {}
         self._seq = 0
         self._closed = False
 
@@ -126,7 +130,7 @@ class BrokerClient:
 
     async def aclose(self) -> None:
         self._closed = True
-        await cancel_and_wait(self._reader)
+        await cancel_and_wait(self._reader, *self._liveness_checks.values())
         if self._cancelling:
             # Cancels are sent when callers give up: let those in flight go out.
             await asyncio.wait(list(self._cancelling), timeout=1.0)
@@ -363,16 +367,33 @@ class BrokerClient:
         now = time.monotonic()
         cached = self._liveness.get(service)
         if cached is None or now - cached[0] > LIVENESS_CACHE_SECONDS:
+            # One lookup per service at a time: when the answer expires, the calls arriving
+            # meanwhile (hundreds at an edge under load) wait for the same one.
+            check = self._liveness_checks.get(service)
+            if check is None:
+                check = asyncio.ensure_future(self._count_live(service, now))
+                self._liveness_checks[service] = check
+                check.add_done_callback(functools.partial(self._liveness_checked, service))
             try:
-                count = await registry.live_count(self.redis, self.queue(service).keys)
+                cached = await asyncio.shield(check)
             except UNREACHABLE as exc:
                 raise self._unreachable(exc) from exc
-            cached = self._liveness[service] = (now, count)
         if cached[1] == 0:
             raise ServiceUnavailableError(
                 f"service {service!r} has no live workers{self._embedded_hint()}",
                 data={"service": service},
             )
+
+    async def _count_live(self, service: str, now: float) -> tuple[float, int]:
+        count = await registry.live_count(self.redis, self.queue(service).keys)
+        cached = self._liveness[service] = (now, count)
+        return cached
+
+    def _liveness_checked(self, service: str, check: asyncio.Future[tuple[float, int]]) -> None:
+        if self._liveness_checks.get(service) is check:
+            del self._liveness_checks[service]
+        if not check.cancelled():
+            check.exception()  # retrieved: its waiters were told (or all gave up)
 
     def _embedded_hint(self) -> str:
         if not is_memory(self.url):
@@ -396,7 +417,7 @@ class BrokerClient:
         retry = Backoff("reading replies", logger=log)
         while not self._closed:
             try:
-                if untrimmed >= replies.TRIM_EVERY or (untrimmed and not self._pending):
+                if untrimmed >= replies.TRIM_EVERY:
                     await replies.trim(blocking, self.client_id, last)
                     untrimmed = 0
                 reraise_cancellation()
@@ -405,6 +426,11 @@ class BrokerClient:
                     # read, which redis-py may not let a cancellation interrupt (a
                     # program's loop shutdown would then wait out a whole read).
                     self._wanted.clear()
+                    if untrimmed and not await self._wait_wanted(IDLE_TRIM_SECONDS):
+                        # Idle a while: trim what was read. Not at once: calls made one
+                        # after another would each pay a round trip for it.
+                        await replies.trim(blocking, self.client_id, last)
+                        untrimmed = 0
                     await self._wanted.wait()
                     continue
                 batch = await replies.read(blocking, self.client_id, last, READ_BLOCK_SECONDS)
@@ -419,6 +445,15 @@ class BrokerClient:
             if batch:
                 last = batch[-1][0]
                 untrimmed += len(batch)
+
+    async def _wait_wanted(self, seconds: float) -> bool:
+        """Whether a call came within `seconds`."""
+        try:
+            with aio.timeout(seconds):
+                await self._wanted.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _resolve(self, item: bytes) -> None:
         rid, result, error = decode_reply(item)

@@ -152,6 +152,9 @@ class Worker:
         self.clock_offset = 0.0
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
+        #: The read in flight (stop() cancels it), and whether the broker is embedded.
+        self._read: asyncio.Task[list[Entry]] | None = None
+        self._embedded = is_memory(url)
         # One retry policy per loop, each with its own steady-rate log line.
         self._retry_start = Backoff("worker start", logger=log, stopping=self._stopping)
         self._retry_read = Backoff("reading requests", logger=log, stopping=self._stopping)
@@ -191,6 +194,13 @@ class Worker:
     def stop(self) -> None:
         """Stop reading; `serve()` then drains in-flight work and returns."""
         self._stopping.set()
+        read = self._read
+        if read is not None and not read.done() and not self._embedded:
+            # Stop reading now rather than after the block times out; what the abandoned
+            # read was given is in our pending list (see _read_loop). fakeredis goes on
+            # serving a cancelled blocking read (it would take the next entry for this
+            # stopped consumer): its blocks are short, so there the read is let finish.
+            read.cancel()
 
     async def serve(self) -> None:
         cfg = self.config
@@ -286,43 +296,38 @@ class Worker:
     # -- reading -----------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            while not self._stopping.is_set():
-                if self.free_slots <= 0:
-                    self._slot_free.clear()
-                    await self._wait_stopping_or(self._slot_free.wait())
-                    continue
-                read = asyncio.ensure_future(
-                    self.queue.read(
-                        self._reader, self.consumer, self.free_slots, self.config.read_block_ms
-                    )
+        # The read is awaited directly (not beside a stop event): a read that returns takes
+        # one loop turn to reach us. stop() cancels a read blocked in Redis.
+        while not self._stopping.is_set():
+            if self.free_slots <= 0:
+                self._slot_free.clear()
+                await self._wait_stopping_or(self._slot_free.wait())
+                continue
+            self._read = read = asyncio.ensure_future(
+                self.queue.read(
+                    self._reader, self.consumer, self.free_slots, self.config.read_block_ms
                 )
-                await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not read.done():
-                    if self._embedded:
-                        # fakeredis goes on serving a cancelled blocking read: it would take
-                        # the next entry for this stopped consumer. Its blocks are short:
-                        # let the read finish and run what it brings.
-                        await asyncio.wait({read})
-                    else:
-                        # Stop reading now rather than after the block times out; what the
-                        # abandoned read was given is in our pending list.
-                        await cancel_and_wait(read)
-                        await self._adopt_own_pending()
-                        return
-                try:
-                    entries = read.result()
-                except REDIS_ERRORS as exc:
-                    # Down, refusing writes (READONLY after a failover, OOM), the stream
-                    # gone: keep trying, with backoff, until Redis serves us again.
-                    await self._retry_read.pause(exc)
-                    continue
-                self._retry_read.succeeded()
-                for entry in entries:
-                    self._start(entry)
-        finally:
-            stopping.cancel()
+            )
+            try:
+                entries = await read
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                ours = read.cancelled() and self._stopping.is_set()
+                if not ours or (task is not None and task.cancelling()):
+                    raise
+                # stop() cancelled the read: run what it may have been given meanwhile.
+                await self._adopt_own_pending()
+                return
+            except REDIS_ERRORS as exc:
+                # Down, refusing writes (READONLY after a failover, OOM), the stream
+                # gone: keep trying, with backoff, until Redis serves us again.
+                await self._retry_read.pause(exc)
+                continue
+            finally:
+                self._read = None
+            self._retry_read.succeeded()
+            for entry in entries:
+                self._start(entry)
 
     async def _adopt_own_pending(self) -> None:
         """Run what an abandoned read may have delivered to us without our seeing it."""

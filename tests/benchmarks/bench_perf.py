@@ -16,8 +16,10 @@ the per-round ratios). The client runs in this process: on a small machine clien
 servers share the cores, so read the ratios rather than the absolute figures.
 
 Throughput: `--calls` calls with 200 in flight. Latency: p50/p99 of calls made one after
-another. The scale curves add worker processes, calls in flight and payload sizes; the
-memory figures are resident-set growth of the serving processes.
+another; a row's latency ratio compares it with its reference measured taking turns with it,
+call by call, so that the noise of a shared machine falls on both alike. The scale curves
+add worker processes, calls in flight and payload sizes; the memory figures are resident-set
+growth of the serving processes.
 
 The table is printed and written to tests/benchmarks/results/latest.md.
 """
@@ -98,6 +100,25 @@ async def _load(call: Call, calls: int, inflight: int) -> Sample:
     return Sample(rate, _pct(times, 50), _pct(times, 99))
 
 
+async def interleaved(ref: Call, call: Call, calls: int) -> tuple[Sample, Sample]:
+    """Latency of `call` and of its reference `ref`, one call at a time, taking turns (which
+    goes first alternates): the machine's noise of the moment falls on both alike."""
+    async with asyncio.timeout(FIGURE_LIMIT):
+        times: dict[Call, list[float]] = {ref: [], call: []}
+        started = time.perf_counter()
+        for i in range(calls):
+            for fn in (ref, call) if i % 2 == 0 else (call, ref):
+                t = time.perf_counter()
+                await fn()
+                times[fn].append(time.perf_counter() - t)
+        rate = 2 * calls / (time.perf_counter() - started)
+    samples = []
+    for fn in (ref, call):
+        ts = sorted(times[fn])
+        samples.append(Sample(rate, _pct(ts, 50), _pct(ts, 99)))
+    return samples[0], samples[1]
+
+
 def _pct(sorted_times: list[float], p: int) -> float:
     i = min(len(sorted_times) - 1, max(0, round(len(sorted_times) * p / 100) - 1))
     return sorted_times[i] * 1000
@@ -115,6 +136,8 @@ class Row:
     max_p50: float | None = None
     load: list[Sample] = field(default_factory=list)
     seq: list[Sample] = field(default_factory=list)
+    #: The reference's latency measured taking turns with this row's (see `interleaved`).
+    ref_seq: list[Sample] = field(default_factory=list)
     #: CPU microseconds per call during the loaded run: (serving processes, this client).
     cpu: list[tuple[float, float]] = field(default_factory=list)
     note: str = ""
@@ -137,7 +160,7 @@ class Table:
             return None, None
         ref = self.rows[(row.section, row.reference)]
         rate = [a.rate / b.rate for a, b in zip(row.load, ref.load, strict=False)]
-        p50 = [a.p50 / b.p50 for a, b in zip(row.seq, ref.seq, strict=False)]
+        p50 = [a.p50 / b.p50 for a, b in zip(row.seq, row.ref_seq or ref.seq, strict=False)]
         return (
             statistics.median(rate) if rate else None,
             statistics.median(p50) if p50 else None,
@@ -178,6 +201,9 @@ class Table:
             target.append(f"p50 ≤{row.max_p50:g}x")
             met.append(p50_x is not None and p50_x <= row.max_p50)
         name = row.name + (f" ({row.note})" if row.note else "")
+        ref_p50 = ""
+        if row.ref_seq:
+            ref_p50 = f" ({statistics.median(r.p50 for r in row.ref_seq):.3f} ms)"
         server = statistics.median(c[0] for c in row.cpu) if row.cpu else None
         client = statistics.median(c[1] for c in row.cpu) if row.cpu else None
         return (
@@ -186,7 +212,7 @@ class Table:
             f"| {'-' if server is None else f'{server:.0f}'} "
             f"| {'-' if client is None else f'{client:.0f}'} "
             f"| {'-' if rate_x is None else f'{rate_x:.2f}x'} "
-            f"| {'-' if p50_x is None else f'{p50_x:.2f}x'} "
+            f"| {'-' if p50_x is None else f'{p50_x:.2f}x{ref_p50}'} "
             f"| {', '.join(target) or '-'} "
             f"| {'-' if not met else ('yes' if all(met) else 'NO')} |"
         )
@@ -465,6 +491,7 @@ class Setup:
                 {"reference": "naive redis-py floor", "min_rate": 2.0, "max_p50": 1.2},
             ),
         ]
+        calls = {(section, name): call for section, name, call, _servers, _kw in rows}
         for section, name, call, servers, kw in rows:
             row = table.row(section, name, **kw)
             print(f"  {section}: {name}", flush=True)
@@ -474,7 +501,14 @@ class Setup:
             after = cpu_seconds(servers), cpu_seconds([None])
             per_call = 1e6 / a.calls
             row.cpu.append(((after[0] - before[0]) * per_call, (after[1] - before[1]) * per_call))
-            row.seq.append(await load(call, a.sequential, 1))
+            if row.reference is None:
+                row.seq.append(await load(call, a.sequential, 1))
+            else:
+                ref_sample, sample = await interleaved(
+                    calls[(section, row.reference)], call, a.sequential
+                )
+                row.ref_seq.append(ref_sample)
+                row.seq.append(sample)
 
 
 # -- scale curves and memory (default loop only) ------------------------------------------
@@ -615,7 +649,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# Benchmarks\n\n`make bench` ({machine()}); median of {args.rounds} round(s); "
         f"{args.calls} calls per throughput figure at {INFLIGHT} in flight unless said, "
         f"{args.sequential} sequential calls per latency figure; every ratio against the "
-        "reference row measured in the same round. CPU µs/call: user + system time per call "
+        "reference row measured in the same round (latency: taking turns with it, call by "
+        "call; its p50 then in brackets). CPU µs/call: user + system time per call "
         "during the loaded run, of the serving processes (the edge row: spark-edge + "
         "spark-worker + redis-server; the redis rows: their worker + redis-server) and of the "
         "benchmark's own client process. On 2 shared cores throughput follows the sum of "

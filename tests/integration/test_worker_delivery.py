@@ -68,6 +68,16 @@ async def test_calls_answered_acked_and_deleted(workers, client, redis):
     assert await redis.xlen(keys.requests) == 0  # finished entries are deleted: no growth
 
 
+async def test_replies_read_are_trimmed_once_the_client_is_idle(workers, client, redis):
+    workers()
+    for i in range(3):  # one after another: not trimmed between them (a round trip each)
+        assert await client.call("lab", "echo", {"i": i}) == {"i": i}
+    key = reply_key(client.client_id)
+    # Idle: trimmed after IDLE_TRIM_SECONDS, and the reader still answers calls after.
+    await poll(lambda: _is_zero(redis.xlen(key)), what="replies trimmed when idle")
+    assert await client.call("lab", "echo", {"i": 3}) == {"i": 3}
+
+
 async def test_errors_are_json_rpc_errors(workers, client):
     workers()
     with pytest.raises(InternalError) as info:

@@ -558,6 +558,26 @@ async def test_require_workers_without_worker_fails_fast(client):
     assert await xlen(client, KEYS.requests) == 0
 
 
+async def test_require_workers_shares_one_lookup_among_concurrent_calls(url, client, monkeypatch):
+    lookups = Counter()
+    live_count = registry.live_count
+
+    async def counted(redis, keys):
+        lookups[keys.service] += 1
+        return await live_count(redis, keys)
+
+    monkeypatch.setattr(registry, "live_count", counted)
+    async with serving(LabRpcNode(), url):
+        out = await asyncio.gather(
+            *(
+                client.call(SERVICE, "echo", {"i": i}, timeout=5, require_workers=True)
+                for i in range(50)
+            )
+        )
+    assert out == [{"i": i} for i in range(50)]
+    assert lookups[SERVICE] == 1  # not one per call waiting for the first answer
+
+
 async def test_require_workers_with_worker(url, client):
     async with serving(LabRpcNode(), url):
         out = await client.call(SERVICE, "echo", {"ok": 1}, timeout=5, require_workers=True)
