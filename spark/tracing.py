@@ -50,10 +50,30 @@ def _tracer() -> Any:
     return _TRACER
 
 
+_RECORDING = False
+_LOOKED_UP = False
+_UNKNOWN = object()
+
+
 def _recording() -> bool:
     """Whether an SDK (a real TracerProvider) is installed. Without one no span is ever
-    recorded, so only the context is carried: no span objects are made at all."""
-    return not isinstance(_trace.get_tracer_provider(), (_ProxyTracerProvider, _NoOpTracerProvider))
+    recorded, so only the context is carried: no span objects are made at all.
+
+    Asked for every request an edge or a worker serves, so answered without
+    `get_tracer_provider()` (an environment lookup each time) when it can be: OpenTelemetry
+    sets its global provider once (a second `set_tracer_provider` is ignored), so a provider
+    that records stays; and after a first lookup (which loads a provider named by
+    OTEL_PYTHON_TRACER_PROVIDER), an empty global slot means the proxy: nothing records.
+    """
+    global _RECORDING, _LOOKED_UP
+    if _RECORDING:
+        return True
+    if _LOOKED_UP and getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN) is None:
+        return False
+    _LOOKED_UP = True
+    provider = _trace.get_tracer_provider()
+    _RECORDING = not isinstance(provider, (_ProxyTracerProvider, _NoOpTracerProvider))
+    return _RECORDING
 
 
 def inject() -> dict[str, str] | None:

@@ -49,6 +49,7 @@ from spark.errors import (
     RpcTimeoutError,
     ServiceUnavailableError,
 )
+from spark.runtime.discovery import METHOD as DISCOVER
 from spark.runtime.discovery import answering_discover
 from spark.runtime.host import ServiceHost
 
@@ -115,8 +116,10 @@ class InProcessService:
             raise ValueError("concurrency must be positive and max_backlog not negative")
         self.node = node
         self.service = service
-        #: The node's methods, and `rpc.discover` as a worker answers it.
-        self._handle = answering_discover(node.handle_rpc, node, service)
+        #: The node's methods; `rpc.discover` answered as a worker answers it. Chosen per
+        #: call rather than wrapped, to spare every call the wrapper's coroutine.
+        self._handle = node.handle_rpc
+        self._discover = answering_discover(node.handle_rpc, node, service)
         self.concurrency = concurrency
         self.max_backlog = max_backlog
         self.idempotency_ttl = idempotency_ttl
@@ -243,7 +246,8 @@ class InProcessService:
             token = current_call.set(call)
             try:
                 with timeout(remaining) as scope:
-                    result = await self._handle(method, params, call)
+                    handle = self._discover if method == DISCOVER else self._handle
+                    result = await handle(method, params, call)
             except RpcError:  # before TimeoutError: RpcTimeoutError is one
                 self.failed += 1
                 raise

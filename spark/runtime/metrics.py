@@ -15,22 +15,20 @@ Series of a worker (`spark-worker --metrics-port`; every series has a `service` 
   as of the last heartbeat.
 
 Each worker (and each edge) has its own `CollectorRegistry`, so several of them can live in
-one process (tests, `spark dev`) without clashing. The edge counts through prometheus-client
-with cached label children (a dict lookup and an increment, not `labels()` with its lock);
-a worker counts in its CallStats and is read from them when scraped.
+one process (tests, `spark dev`) without clashing. The edge counts in plain dicts (`Family`:
+a dict lookup and an addition, no lock) and a worker in its CallStats; prometheus-client
+reads both when scraped.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
     start_http_server,
@@ -42,6 +40,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from spark.runtime.callstats import BUCKETS, CallStats
 
@@ -94,55 +93,94 @@ class MethodLabels:
         return method
 
 
-class Family:
-    """A metric family whose label children are cached (`inc`, `get` by label values)."""
+class Family(Collector):
+    """A metric family counted in plain Python, read by prometheus-client when scraped.
 
-    def __init__(self, metric: Any) -> None:
-        self.metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
+    An edge counts on its event loop, several times a request, and is scraped there too
+    (`/metrics`): prometheus-client's children take a lock per increment, which cost the
+    edge ~2 µs a request for no concurrency it has. Renders exactly as prometheus-client's
+    own Counter, Gauge and Histogram do.
+    """
 
-    def child(self, *labels: str) -> Any:
-        c = self._children.get(labels)
-        if c is None:
-            c = self._children[labels] = self.metric.labels(*labels)
-        return c
+    def __init__(
+        self, registry: CollectorRegistry, kind: str, name: str, help: str, labels: tuple[str, ...]
+    ) -> None:
+        self.kind, self.name, self.help, self.labels = kind, name, help, labels
+        #: Label values -> value (counters and gauges).
+        self._values: dict[tuple[str, ...], float] = {}
+        #: Label values -> [count per bucket (BUCKETS, then +Inf), sum] (histograms).
+        self._observed: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        registry.register(self)
 
     def inc(self, *labels: str, by: float = 1) -> None:
-        self.child(*labels).inc(by)
+        values = self._values
+        values[labels] = values.get(labels, 0.0) + by
 
     def dec(self, *labels: str, by: float = 1) -> None:
-        self.child(*labels).dec(by)
+        values = self._values
+        values[labels] = values.get(labels, 0.0) - by
 
     def set(self, value: float, *labels: str) -> None:
-        self.child(*labels).set(value)
+        self._values[labels] = float(value)
 
     def observe(self, value: float, *labels: str) -> None:
-        self.child(*labels).observe(value)
+        observed = self._observed.get(labels)
+        if observed is None:
+            observed = self._observed[labels] = ([0] * (len(BUCKETS) + 1), [0.0])
+        observed[0][bisect_left(BUCKETS, value)] += 1  # first bound >= value: `le`
+        observed[1][0] += value
 
     def get(self, *labels: str) -> float:
         """The current value (counters and gauges), 0 for labels never seen."""
-        c = self._children.get(labels)
-        return 0 if c is None else c._value.get()
+        return self._values.get(labels, 0)
 
     def count(self, *labels: str) -> int:
         """Observations of a histogram."""
-        c = self._children.get(labels)
-        if c is None:
-            return 0
-        return int(sum(b.get() for b in c._buckets))
+        observed = self._observed.get(labels)
+        return 0 if observed is None else sum(observed[0])
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        if isinstance(family, HistogramMetricFamily):
+            for key, (counts, total) in list(self._observed.items()):
+                running, cumulative = 0, []
+                for bound, n in zip(_LE, counts, strict=True):
+                    running += n
+                    cumulative.append((bound, running))
+                family.add_metric(key, cumulative, total[0])
+        else:
+            for key, value in list(self._values.items()):
+                family.add_metric(key, value)
+        yield family
+
+    def _family(self) -> Metric:
+        if self.kind == "counter":
+            # prometheus-client appends `_total` itself.
+            return CounterMetricFamily(
+                self.name.removesuffix("_total"), self.help, labels=self.labels
+            )
+        if self.kind == "gauge":
+            return GaugeMetricFamily(self.name, self.help, labels=self.labels)
+        return HistogramMetricFamily(self.name, self.help, labels=self.labels)
+
+
+#: The `le` label of each histogram bucket, as prometheus-client writes it.
+_LE = (*(floatToGoString(b) for b in BUCKETS), "+Inf")
 
 
 def counter(registry: CollectorRegistry, name: str, help: str, labels: tuple[str, ...]) -> Family:
-    # prometheus-client appends `_total` itself.
-    return Family(Counter(name.removesuffix("_total"), help, labels, registry=registry))
+    return Family(registry, "counter", name, help, labels)
 
 
 def gauge(registry: CollectorRegistry, name: str, help: str, labels: tuple[str, ...]) -> Family:
-    return Family(Gauge(name, help, labels, registry=registry))
+    return Family(registry, "gauge", name, help, labels)
 
 
 def histogram(registry: CollectorRegistry, name: str, help: str, labels: tuple[str, ...]) -> Family:
-    return Family(Histogram(name, help, labels, registry=registry, buckets=BUCKETS))
+    return Family(registry, "histogram", name, help, labels)
 
 
 def render(registry: CollectorRegistry) -> bytes:

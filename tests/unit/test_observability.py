@@ -239,3 +239,27 @@ async def test_junk_trace_context_costs_the_trace_not_the_request(trace):
         worker.stop()
         await serving
         await redis.aclose()
+
+
+def test_spans_are_recorded_once_a_provider_is_set_after_requests_were_served():
+    # `wanted` is answered from a cached lookup on the hot path: an SDK provider set later
+    # (an application configuring tracing after its first requests) must still be seen.
+    # A fresh process: OpenTelemetry's global provider can be set only once.
+    code = (
+        "import spark.tracing as t\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "assert t.ENABLED\n"
+        "assert [t.wanted(None) for _ in range(3)] == [False] * 3\n"
+        "assert t.wanted({'traceparent': 'x'})\n"
+        "trace.set_tracer_provider(TracerProvider())\n"
+        "assert t.wanted(None) and t.wanted(None)\n"
+        "with t.server_span(None, 'svc', 'm') as span:\n"
+        "    assert span._span is not None and span._span.is_recording()\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
