@@ -156,7 +156,7 @@ class Family(Collector):
                 family.add_metric(key, value)
         yield family
 
-    def _family(self) -> Metric:
+    def _family(self) -> CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily:
         if self.kind == "counter":
             # prometheus-client appends `_total` itself.
             return CounterMetricFamily(
