@@ -106,6 +106,7 @@ async def test_not_acked_until_reply_written(workers, client, redis):
     call = asyncio.create_task(client.call("lab", "echo", {"x": 1}, timeout=20))
     await poll(lambda: pending_of(redis), what="entry delivered")
     # The worker keeps retrying the write and renewing its lease; the entry stays pending.
+    # Outlasting --reclaim-after (Redis's idle clock, in the worker's process) is the test.
     await asyncio.sleep(1.0)
     assert await pending_of(redis) == 1
     assert not call.done()
@@ -216,7 +217,7 @@ async def test_backpressure_reads_only_free_slots(workers, client, redis):
     seen = []
     while not all(c.done() for c in calls):
         seen.append(await pending_of(redis))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a sampling interval while the calls run, not a wait
     await asyncio.gather(*calls)
     assert max(seen) == 2
 
