@@ -232,11 +232,25 @@ async def test_redis_commit_is_fenced_when_the_lock_was_lost():
 
 
 async def test_redis_lease_is_renewed_while_the_block_runs():
-    state = GraphState(backend=RedisBackend(memory_url(), namespace="renew", lease=0.3))
+    url = memory_url()
+    raw = connect(url)
+    state = GraphState(backend=RedisBackend(url, namespace="renew", lease=0.3))
+    renewals, last_ttl = 0, 10**9
+
+    async def renewed_nine_times() -> bool:
+        nonlocal renewals, last_ttl
+        ttl = await raw.pttl("spark:state:{renew}:lock")
+        assert ttl > 0, "the lock expired while the block ran"
+        renewals += ttl > last_ttl
+        last_ttl = ttl
+        return renewals >= 9
+
     async with state.transaction() as tx:
-        await asyncio.sleep(1.0)  # the block outlives its 0.3 s lease: the duration is the test
+        # The block outlives its 0.3 s lease three times over (a renewal every lease / 3).
+        await eventually(renewed_nine_times, timeout=15, what="nine renewals", interval=0.01)
         tx["n"] = 1
     assert await state.get("n") == 1
+    await raw.aclose()
 
 
 async def test_redis_lock_of_a_crashed_holder_expires():
