@@ -299,10 +299,11 @@ async def test_notification_listener_survives_a_redis_restart(http):
                 publisher = connect(server.url, max_connections=1)
                 # Resubscribed (by redis-py's own reconnect or by the listener's loop) once a
                 # publish reaches a subscriber; nothing here cares which path did it.
-                deadline = time.monotonic() + 15
-                while await notify.publish(publisher, "svc", None, "back", {"ok": True}) != 1:
-                    assert time.monotonic() < deadline, "listener did not resubscribe"
-                    await asyncio.sleep(0.05)
+
+                async def delivered() -> bool:
+                    return await notify.publish(publisher, "svc", None, "back", {"ok": True}) == 1
+
+                await poll(delivered, timeout=15, what="the listener resubscribed")
                 assert await recv(ws) == {
                     "jsonrpc": "2.0",
                     "method": "back",

@@ -171,6 +171,7 @@ async def test_service_slot_migrates_with_calls_in_flight(request, redis_url, mo
                 asyncio.create_task(client.call(service, "echo", {"i": i}, timeout=40))
                 for i in range(CALLS)
             ]
+            # The pause between keys keeps the slot mid-migration while calls run: it is the load.
             await asyncio.to_thread(group.migrate_slot, tag, target, 1, lambda: time.sleep(0.05))
             outcomes = await asyncio.gather(*calls, return_exceptions=True)
             assert group.owner_of(tag) is target

@@ -63,7 +63,7 @@ class SemanticsRpcNode(RpcNode):
         key = params["key"]
         self.runs[key] = self.runs.get(key, 0) + 1
         runs = self.runs[key]
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the handler's work, slow enough for repeats to overlap it
         return {"runs": runs}
 
     async def rpc_slow(self, params, context):

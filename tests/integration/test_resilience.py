@@ -196,8 +196,18 @@ async def test_a_service_that_starts_late_is_reached_by_retries(redis_url, edge,
         await once.call("echo", {"hello": 1})
     assert time.monotonic() - started < 5, "no live workers must fail fast (not time out)"
     patient = proxies("http", service="late", max_retries=6, retry_initial_delay=0.2)
+    attempts = 0
+    send = patient.transport.call
+
+    async def counted(*args, **kwargs):
+        nonlocal attempts
+        attempts += 1
+        return await send(*args, **kwargs)
+
+    patient.transport.call = counted
     call = asyncio.create_task(patient.call("echo", {"hello": 2}))
-    await asyncio.sleep(0.3)
+    # Refused at least once and tried again: the call is retrying, not failed.
+    await poll(lambda: attempts >= 2, timeout=10, what="a second attempt")
     assert not call.done()
     worker = WorkerProcess(TARGET, redis_url, service="late")
     try:
@@ -294,12 +304,17 @@ async def test_a_cancelled_caller_cancels_the_handler(lab, redis_url, redis):
         assert "lab:finish" not in rec
         # Answered (CancelledError) and acknowledged: it will not run again.
         await poll(lambda: _zero(pending(redis)), timeout=3, what="entry acked")
-        await asyncio.sleep(0.2)
+        # A later request answered by the same worker: it has read past the cancelled one.
+        assert await client.call("lab", "echo", {"after": "c1"}, timeout=10) == {"after": "c1"}
         assert await runs(redis, "c1") == 1
 
 
 async def _zero(aw) -> bool:
     return await aw == 0
+
+
+async def _at_least(aw, n: int) -> bool:
+    return await aw >= n
 
 
 async def test_giving_up_after_retries_cancels_the_handler(lab, proxies, redis):
@@ -396,13 +411,15 @@ async def test_a_request_cancelled_while_queued_is_never_run(redis_url, redis):
             client.call("lab", "sleep", {"seconds": 0.6, "count": "busy"}, timeout=5)
         )
         await poll(lambda: runs(redis, "busy"), what="worker busy")
+        requests = ServiceKeys.for_service("lab").requests
         queued = asyncio.create_task(client.call("lab", "count", {"key": "queued"}, timeout=5))
-        await asyncio.sleep(0.1)
+        # Queued behind the busy one (both entries in the stream) before it is cancelled.
+        await poll(lambda: _at_least(redis.xlen(requests), 2), timeout=5, what="queued")
         queued.cancel()
         with pytest.raises(asyncio.CancelledError):
             await queued
         assert (await busy)["runs"] == 1
-        await poll(lambda: _zero(redis.xlen(ServiceKeys.for_service("lab").requests)), timeout=3)
+        await poll(lambda: _zero(redis.xlen(requests)), timeout=3)
         assert await runs(redis, "queued") == 0
 
 
@@ -410,7 +427,10 @@ async def test_a_request_cancelled_while_queued_is_never_run(redis_url, redis):
 
 
 async def test_circuit_breaker_node_with_a_service_failing_n_times(lab, proxies, redis):
-    breaker = CircuitBreaker(failure_threshold=3, reset_timeout=0.3, name="flaky")
+    now = [0.0]
+    breaker = CircuitBreaker(
+        failure_threshold=3, reset_timeout=0.3, name="flaky", clock=lambda: now[0]
+    )
     node = CircuitBreakerNode(proxies(default_method="flaky"), breaker)
     graph = Graph(start=node)
     events: list = []
@@ -423,7 +443,7 @@ async def test_circuit_breaker_node_with_a_service_failing_n_times(lab, proxies,
     with pytest.raises(CircuitOpenError):
         await graph.run(args)
     assert int(await redis.get("lab:flaky:cb")) == 3, "an open circuit must not call"
-    await asyncio.sleep(0.35)
+    now[0] += 0.35  # past reset_timeout
     assert (await graph.run(args)).content["attempts"] == 4
     assert breaker.state == "closed"
     assert events == [

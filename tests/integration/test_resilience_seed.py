@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,6 +19,7 @@ from spark.nodes import Node
 from spark.nodes.rpc_client import RemoteRpcProxyConfig, RemoteRpcProxyNode
 from spark.runtime.edge import EdgeConfig, EdgeServer
 from spark.runtime.worker import run_worker
+from support import seed_patterns
 from support.seed_patterns import CircuitBreakerProxy, FallbackProxyNode
 from support.services import ResilienceRpcNode
 
@@ -72,7 +74,9 @@ async def test_seed_retry_with_backoff(edge, redis):
     await proxy.aclose()
 
 
-async def test_seed_circuit_breaker_against_a_failing_service(edge, redis):
+async def test_seed_circuit_breaker_against_a_failing_service(edge, redis, monkeypatch):
+    now = [1_000_000.0]  # the seed's breaker reads time.time(): give its module a clock we move
+    monkeypatch.setattr(seed_patterns, "time", SimpleNamespace(time=lambda: now[0]))
     remote = proxy_to(f"{edge.url}/lab", "flaky")
     breaker = CircuitBreakerProxy(remote)
     graph = Graph(start=breaker)
@@ -84,7 +88,7 @@ async def test_seed_circuit_breaker_against_a_failing_service(edge, redis):
     assert (await graph.run(args)).content == {"error": "Circuit breaker open", "success": False}
     assert int(await redis.get("lab:flaky:cb")) == 5, "an open circuit does not call"
     breaker.reset_timeout = 0.1
-    await asyncio.sleep(0.15)
+    now[0] += 0.15
     assert (await graph.run(args)).content["attempts"] == 6
     assert not breaker.circuit_open and breaker.failure_count == 0
     await remote.aclose()

@@ -62,6 +62,8 @@ async def test_transaction_in_one_process_blocks_writers_in_another(tmp_path):
     try:
         async with state.transaction() as tx:
             child.send(op="increment", key="n")  # must wait for this transaction
+            # Time for the child to reach SQLite's lock: its busy-wait inside SQLite is not
+            # observable from here, and a later request would queue behind it.
             await asyncio.sleep(0.3)
             tx["n"] = tx["n"] + 10
         answer = await asyncio.to_thread(child.recv)

@@ -106,7 +106,22 @@ async def test_not_acked_until_reply_written(workers, client, redis):
     call = asyncio.create_task(client.call("lab", "echo", {"x": 1}, timeout=20))
     await poll(lambda: pending_of(redis), what="entry delivered")
     # The worker keeps retrying the write and renewing its lease; the entry stays pending.
-    await asyncio.sleep(1.0)
+    # Six renewals (each resets the entry's idle time; one every reclaim-after / 3) span
+    # twice --reclaim-after, long enough for a lost lease to be reclaimed.
+    requests = ServiceKeys.for_service("lab").requests
+    renewals, last_idle = 0, -1
+
+    async def renewed_six_times() -> bool:
+        nonlocal renewals, last_idle
+        (entry,) = await redis.xpending_range(requests, GROUP, "-", "+", 10)
+        idle = entry["time_since_delivered"]
+        renewals += idle < last_idle
+        last_idle = idle
+        return renewals >= 6
+
+    await poll(renewed_six_times, timeout=15, what="six lease renewals", interval=0.01)
+    (entry,) = await redis.xpending_range(requests, GROUP, "-", "+", 10)
+    assert entry["times_delivered"] == 1  # renewed, never reclaimed
     assert await pending_of(redis) == 1
     assert not call.done()
     await redis.delete(reply_key(client.client_id))
@@ -216,7 +231,7 @@ async def test_backpressure_reads_only_free_slots(workers, client, redis):
     seen = []
     while not all(c.done() for c in calls):
         seen.append(await pending_of(redis))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a sampling interval while the calls run, not a wait
     await asyncio.gather(*calls)
     assert max(seen) == 2
 

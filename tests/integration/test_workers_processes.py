@@ -72,7 +72,7 @@ async def test_concurrent_reservations_from_several_processes_never_oversell(red
             stock = await asyncio.to_thread(plain.hgetall, stock_key)
             if any(int(v) < 0 for v in stock.values()):
                 negative.append(stock)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # a sampling interval while the calls run, not a wait
 
     async with BrokerClient(redis_url) as client:
         watcher = asyncio.create_task(watch_stock())

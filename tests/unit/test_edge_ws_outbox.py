@@ -16,6 +16,7 @@ from spark.runtime.edge import EdgeConfig
 from spark.runtime.edge import websocket as edge_ws
 from spark.runtime.edge.core import Edge
 from spark.runtime.edge.websocket import WsConnection
+from support.polling import eventually
 
 
 class StubEdge(Edge):
@@ -66,16 +67,20 @@ async def test_a_client_that_does_not_read_is_closed_1013_and_its_calls_cancelle
     conn.start()
     conn.received(req("slow", 0))
     conn.received(req("echo", 1))
-    await asyncio.sleep(0.01)  # taken by the writer, which is stuck sending it
+    # Taken by the writer, which is stuck sending it.
+    await eventually(lambda: ws.sent == 1, timeout=5, what="the writer sending answer 1")
     for i in range(2, 5):  # three more fill the outbox
         conn.received(req("echo", i))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: conn._outbox.qsize() == 3, timeout=5, what="three answers queued")
     assert not conn.overflowed and conn._outbox.qsize() == 3 and ws.sent == 1
     assert not conn.push("a notification")  # a full outbox drops notifications
 
     conn.received(req("echo", 5))  # a fourth unread answer: past ws_max_outbox
-    await asyncio.sleep(0.01)
-    assert conn.overflowed
+    await eventually(
+        lambda: conn.overflowed and ws.close_code is not None and not conn.tasks,
+        timeout=5,
+        what="the overflow handled: closing, calls cancelled",
+    )
     assert ws.close_code == WSCloseCode.TRY_AGAIN_LATER == 1013
     assert conn._outbox.qsize() == 0  # queued answers discarded, not held
     assert not conn.tasks  # the slow call was cancelled
@@ -83,8 +88,8 @@ async def test_a_client_that_does_not_read_is_closed_1013_and_its_calls_cancelle
     assert not conn.tasks
     assert not conn.push("a notification")
 
-    await asyncio.sleep(0.1)
-    assert transport.aborted  # it did not take the close frame within the grace
+    # It did not take the close frame within the grace.
+    await eventually(lambda: transport.aborted, timeout=5, what="the transport aborted")
     await conn.finish()
 
 
@@ -101,7 +106,7 @@ async def test_a_client_that_reads_keeps_its_connection():
     for i in range(50):
         conn.received(req("echo", i))
         await asyncio.sleep(0)
-    await asyncio.sleep(0.01)
+    await eventually(lambda: ws.sent == 50, timeout=5, what="all 50 answers sent")
     assert ws.sent == 50 and not conn.overflowed and ws.close_code is None
     await conn.finish()
     assert not transport.aborted

@@ -12,6 +12,7 @@ import pytest
 
 from spark.broker.connection import connect
 from spark.broker.keys import state_key
+from spark.broker.state import StateStore
 from spark.state import (
     GraphState,
     MemoryBackend,
@@ -231,11 +232,25 @@ async def test_redis_commit_is_fenced_when_the_lock_was_lost():
 
 
 async def test_redis_lease_is_renewed_while_the_block_runs():
-    state = GraphState(backend=RedisBackend(memory_url(), namespace="renew", lease=0.3))
+    url = memory_url()
+    raw = connect(url)
+    state = GraphState(backend=RedisBackend(url, namespace="renew", lease=0.3))
+    renewals, last_ttl = 0, 10**9
+
+    async def renewed_nine_times() -> bool:
+        nonlocal renewals, last_ttl
+        ttl = await raw.pttl("spark:state:{renew}:lock")
+        assert ttl > 0, "the lock expired while the block ran"
+        renewals += ttl > last_ttl
+        last_ttl = ttl
+        return renewals >= 9
+
     async with state.transaction() as tx:
-        await asyncio.sleep(1.0)
+        # The block outlives its 0.3 s lease three times over (a renewal every lease / 3).
+        await eventually(renewed_nine_times, timeout=15, what="nine renewals", interval=0.01)
         tx["n"] = 1
     assert await state.get("n") == 1
+    await raw.aclose()
 
 
 async def test_redis_lock_of_a_crashed_holder_expires():
@@ -262,7 +277,16 @@ async def test_redis_waiting_for_the_lock_is_bounded():
     assert await state.get("k") is None  # reads never wait
 
 
-async def test_redis_cancelled_while_waiting_for_the_lock_leaves_no_lock():
+async def test_redis_cancelled_while_waiting_for_the_lock_leaves_no_lock(monkeypatch):
+    tries = 0
+    real_try_begin = StateStore.try_begin
+
+    async def counting_try_begin(self, *args, **kwargs):
+        nonlocal tries
+        tries += 1
+        return await real_try_begin(self, *args, **kwargs)
+
+    monkeypatch.setattr(StateStore, "try_begin", counting_try_begin)
     url = memory_url()
     raw = connect(url)
     await raw.set("spark:state:{cancel}:lock", "holder", px=60_000)
@@ -273,14 +297,18 @@ async def test_redis_cancelled_while_waiting_for_the_lock_leaves_no_lock():
             tx["never"] = 1
 
     task = asyncio.create_task(wait_for_lock())
-    await asyncio.sleep(0.1)
+    # Found the lock held and tried again: it is waiting for the lock.
+    await eventually(lambda: tries >= 2, timeout=5, what="two tries for the lock")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await raw.delete("spark:state:{cancel}:lock")
-    await asyncio.sleep(0.01)
-    assert not await raw.exists("spark:state:{cancel}:lock")
+    tries_when_cancelled = tries
+    # A waiter left behind would take the freed lock and hold it for its lease (longer than
+    # the 5 s bound here); a transaction that gets it proves none is left.
     async with asyncio.timeout(5):
         async with state.transaction() as tx:
             tx["n"] = 1
+    assert tries == tries_when_cancelled + 1  # only that transaction tried
+    assert not await raw.exists("spark:state:{cancel}:lock")
     assert await state.get_snapshot() == {"n": 1}

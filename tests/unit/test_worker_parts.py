@@ -15,6 +15,7 @@ from spark.runtime.cancellation import CancellationIndex
 from spark.runtime.idempotency import IdempotencyGate
 from spark.runtime.lease import LeaseKeeper
 from spark.runtime.reply_writer import Done, ReplyWriter
+from support.polling import eventually
 
 
 class Clock:
@@ -76,7 +77,16 @@ async def redis(memory_url):
     await client.aclose()
 
 
-async def test_the_gate_lets_one_request_run_and_refuses_other_content(redis):
+async def test_the_gate_lets_one_request_run_and_refuses_other_content(redis, monkeypatch):
+    looks = 0
+    real_claim = replies.claim_idempotency
+
+    async def counting_claim(*args, **kwargs):
+        nonlocal looks
+        looks += 1
+        return await real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(replies, "claim_idempotency", counting_claim)
     queue = ServiceQueue(redis, "gate")
     gate = IdempotencyGate(redis, queue.keys, lease=5.0)
     key, digest, outcome = await gate.claim("k", "echo", {"a": 1}, b"1-1", deadline=1e12)
@@ -85,8 +95,10 @@ async def test_the_gate_lets_one_request_run_and_refuses_other_content(redis):
     _, _, refused = await gate.claim("k", "echo", {"a": 2}, b"1-2", deadline=1e12)
     assert isinstance(refused, InvalidRequestError)
     # The same request waits for the first run's reply.
+    before = looks
     waiting = asyncio.create_task(gate.claim("k", "echo", {"a": 1}, b"1-3", deadline=1e12))
-    await asyncio.sleep(0.05)
+    # It looked, found the first run still going, and looked again: it waits, not answers.
+    await eventually(lambda: looks >= before + 2, timeout=5, what="the repeat looking twice")
     assert not waiting.done()
     reply = encode_result("x", {"a": 1})
     await redis.set(key, replies.stored_value(digest, reply))
@@ -136,7 +148,7 @@ async def test_the_lease_keeper_renews_entries_in_flight(redis):
     (entry,) = await queue.read(redis, "c1", 10, 10)
     gate = IdempotencyGate(redis, queue.keys, lease=5.0)
     keeper = LeaseKeeper(queue, "c1", gate, lambda: [entry.entry_id], reclaim_after=0.3)
-    await asyncio.sleep(0.35)  # the entry ages past 300 ms idle (Redis's clock)
-    assert await queue.reclaimable(300)
+    # The entry ages past 300 ms idle (Redis's clock, which the test cannot advance).
+    assert await eventually(lambda: queue.reclaimable(300), timeout=5, what="300 ms idle")
     await keeper.renew()
     assert not await queue.reclaimable(300)
