@@ -197,17 +197,22 @@ async def test_disconnect_cancels_pending_requests(edge, http):
     )
     assert core.metrics.ws_clients.get("notify") == 1
     await ws.close()
-    await poll(
-        lambda: (
-            core.metrics.inflight.get("websocket") == 0
-            and not core.client._pending
-            and not core.sockets
-            and core.metrics.ws_clients.get("notify") == 0
-        ),
-        # Well under the handlers' 30 s: dropped by the close, not by finishing.
-        timeout=10,
-        what="pending requests of the closed connection dropped",
-    )
+
+    def left() -> dict:
+        return {
+            "in flight": core.metrics.inflight.get("websocket"),
+            "awaiting replies": len(core.client._pending),
+            "sockets": len(core.sockets),
+            "notify clients": core.metrics.ws_clients.get("notify"),
+        }
+
+    dropped = {"in flight": 0, "awaiting replies": 0, "sockets": 0, "notify clients": 0}
+    # Well under the handlers' 30 s: dropped by the close, not by finishing.
+    try:
+        await poll(lambda: left() == dropped, timeout=10, what="the closed connection dropped")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: left {left()}") from None
+
     # Their late replies are dropped and the edge keeps serving.
     async with http.ws_connect(ws_url(edge)) as ws2:
         await ws2.send_str(req("echo", {"after": True}))
