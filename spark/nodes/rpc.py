@@ -557,17 +557,17 @@ def _positional_names(fn: Callable[..., Any]) -> list[str]:
     return [p.name for p in params if p.kind in kinds and p.name != "self"]
 
 
-def _hook_styles(cls: type) -> _HookStyles:
+def _hook_styles(cls: type[RpcNode]) -> _HookStyles:
     """Which signature a class's hooks were written for: upstream's, or this project's older
     `(method, params, context)` / `(method, result, context)` one."""
     styles = _STYLES.get(cls)
     if styles is None:
-        before = _positional_names(cls.before_request)  # type: ignore[attr-defined]
-        after = _positional_names(cls.after_request)  # type: ignore[attr-defined]
+        before = _positional_names(cls.before_request)
+        after = _positional_names(cls.after_request)
         styles = _STYLES[cls] = _HookStyles(
             before_takes_context=len(before) >= 3 and before[2] in ("context", "ctx"),
             after_legacy=len(after) == 3,
-            inherited=cls.before_request is RpcNode.before_request  # type: ignore[attr-defined]
-            and cls.after_request is RpcNode.after_request,  # type: ignore[attr-defined]
+            inherited=cls.before_request is RpcNode.before_request
+            and cls.after_request is RpcNode.after_request,
         )
     return styles
