@@ -61,6 +61,10 @@ class Batcher(Generic[T, R]):
             result = (await self._send([item]))[0]
         finally:
             self._next()
+        # The submitter sent it itself, through redis-py, which can swallow a cancellation
+        # that lands while it reads the answer: honour it here (a cancelled WebSocket
+        # request kept waiting for its reply otherwise).
+        reraise_cancellation()
         if isinstance(result, BaseException):
             raise result
         return result
